@@ -1,0 +1,270 @@
+"""The lineage graph: versions with vN numbers and aliases, runs, and the edges between them.
+
+lineage.json is derived data. The truth is runs/ (each finished run names the versions it
+read and wrote) and manifests/ (the versions themselves). Version numbers follow the order
+in which runs first produced each digest, so rebuilding from those two folders gives the
+same graph back. A store whose lineage.json lags behind runs/ (a crash after a run record
+was committed but before the graph was rewritten) is healed on the next open.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+from dataclasses import dataclass, field
+
+from lineage.errors import UserError
+from lineage.store import Store
+
+GRAPH_FORMAT = 1
+DIGEST_PREFIX_MIN = 4
+_HEX = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass
+class Version:
+    """One artifact version as the graph knows it."""
+
+    name: str
+    v: int
+    digest: str
+    run: str | None
+    created: str | None
+    size: int = 0
+    count: int = 0
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:v{self.v}"
+
+    def to_json(self) -> dict:
+        return {"v": self.v, "digest": self.digest, "run": self.run, "created": self.created,
+                "size": self.size, "count": self.count, "aliases": self.aliases}
+
+
+@dataclass
+class Graph:
+    versions: dict[str, list[Version]]
+    runs: dict[str, dict]
+    runs_seen: int
+
+    # -- building ----------------------------------------------------------------------
+
+    @classmethod
+    def rebuild(cls, store: Store) -> "Graph":
+        """Derive the whole graph from runs/ and manifests/ alone."""
+        records = sorted(store.read_runs(), key=lambda r: (r.get("committed") or "", r["id"]))
+        versions: dict[str, list[Version]] = {}
+        by_digest: dict[tuple[str, str], Version] = {}
+        runs: dict[str, dict] = {}
+        aliases: dict[tuple[str, str], Version] = {}
+        latest: dict[str, Version] = {}
+        for record in records:
+            runs[record["id"]] = _run_summary(record)
+            if record.get("status") != "finished":
+                continue
+            for output in record.get("outputs", []):
+                key = (output["name"], output["digest"])
+                if key not in by_digest and store.manifest_path(*key).exists():
+                    chain = versions.setdefault(output["name"], [])
+                    version = Version(output["name"], len(chain) + 1, output["digest"], record["id"],
+                                      record.get("finished"), output.get("size", 0), output.get("count", 0))
+                    chain.append(version)
+                    by_digest[key] = version
+                if key in by_digest:
+                    latest[output["name"]] = by_digest[key]
+            for alias in record.get("aliases", []):
+                target = by_digest.get((alias["name"], alias["digest"]))
+                if target is not None:
+                    aliases[(alias["name"], alias["alias"])] = target
+        for (name, alias), version in aliases.items():
+            version.aliases.append(alias)
+        # `latest` follows the newest run, so re-running an older configuration makes its
+        # (already existing) version the latest again, as W&B and `dvc repro` would.
+        for version in latest.values():
+            version.aliases.insert(0, "latest")
+        return cls(versions, runs, runs_seen=len(records))
+
+    @classmethod
+    def load(cls, store: Store) -> "Graph":
+        """Read lineage.json, rebuilding it when it is missing, corrupt or behind runs/."""
+        runs_on_disk = sum(1 for name in _listdir(store.runs_dir) if name.endswith(".json"))
+        try:
+            data = json.loads(store.graph_path.read_bytes())
+            if data.get("format") == GRAPH_FORMAT and data.get("runs_seen") == runs_on_disk:
+                return cls.from_json(data)
+        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+            pass
+        with store.locked():
+            graph = cls.rebuild(store)
+            graph.save(store)
+        return graph
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Graph":
+        versions = {name: [Version(name=name, **entry) for entry in chain]
+                    for name, chain in data["versions"].items()}
+        return cls(versions, data["runs"], data["runs_seen"])
+
+    def to_json(self) -> dict:
+        return {
+            "format": GRAPH_FORMAT,
+            "runs_seen": self.runs_seen,
+            "versions": {name: [v.to_json() for v in chain] for name, chain in sorted(self.versions.items())},
+            "runs": self.runs,
+            "edges": self.edges(),
+        }
+
+    def save(self, store: Store) -> None:
+        store.write_atomic(store.graph_path, json.dumps(self.to_json(), indent=1).encode())
+
+    # -- queries -----------------------------------------------------------------------
+
+    def edges(self) -> list[list[str]]:
+        """Edges between version nodes (`name@digest`) and run nodes (`run:<id>`)."""
+        edges = []
+        for run_id, run in self.runs.items():
+            if run.get("status") != "finished":
+                continue
+            for item in run["inputs"]:
+                edges.append([f"{item['name']}@{item['digest']}", f"run:{run_id}"])
+            for item in run["outputs"]:
+                edges.append([f"run:{run_id}", f"{item['name']}@{item['digest']}"])
+        return edges
+
+    def all_versions(self) -> list[Version]:
+        return [v for chain in self.versions.values() for v in chain]
+
+    def find(self, name: str, digest: str) -> Version | None:
+        for version in self.versions.get(name, []):
+            if version.digest == digest:
+                return version
+        return None
+
+    def runs_of_stage(self, stage: str) -> list[tuple[str, dict]]:
+        return [(rid, run) for rid, run in self.runs.items() if run["stage"] == stage]
+
+    def finished_run_with_key(self, cache_key: str) -> tuple[str, dict] | None:
+        found = None
+        for run_id, run in self.runs.items():
+            if run.get("cache_key") == cache_key and run.get("status") == "finished":
+                found = (run_id, run)
+        return found
+
+    def resolve(self, ref: str, expected_name: str | None = None) -> Version:
+        """`name:vN`, `name:latest`, `name:<alias>`, `name` (= latest), or a digest prefix."""
+        version = self._resolve(ref.strip())
+        if expected_name and version.name != expected_name:
+            raise UserError(f"{ref} is a {version.name} version, but a {expected_name} version is needed here")
+        return version
+
+    def _resolve(self, ref: str) -> Version:
+        name, _, tag = ref.partition(":")
+        if not tag and "@" in ref:
+            name, _, tag = ref.partition("@")
+        if name in self.versions:
+            chain = self.versions[name]
+            tag = tag or "latest"
+            if re.fullmatch(r"v\d+", tag):
+                number = int(tag[1:])
+                if 1 <= number <= len(chain):
+                    return chain[number - 1]
+            for version in chain:
+                if tag in version.aliases:
+                    return version
+            if len(tag) >= DIGEST_PREFIX_MIN and _HEX.match(tag):
+                return self._by_prefix(tag, chain, ref)
+            aliases = sorted({a for v in chain for a in v.aliases})
+            raise UserError(f"{ref} does not exist: {name} has v1..v{len(chain)}"
+                            + (f" and aliases {', '.join(aliases)}" if aliases else ""))
+        if not tag and len(ref) >= DIGEST_PREFIX_MIN and _HEX.match(ref):
+            return self._by_prefix(ref, self.all_versions(), ref)
+        known = ", ".join(sorted(self.versions)) or "none yet (run `pipeline.py ingest`)"
+        raise UserError(f"no artifact named {name!r}: artifacts in this store: {known}")
+
+    def _by_prefix(self, prefix: str, candidates: list[Version], ref: str) -> Version:
+        matches = [v for v in candidates if v.digest.startswith(prefix)]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise UserError(f"no version's digest starts with {prefix!r} ({ref}): see `pipeline.py ls`")
+        listed = ", ".join(f"{v.ref} ({v.digest[:12]})" for v in matches[:6])
+        raise UserError(f"digest prefix {prefix!r} is ambiguous: it matches {listed}; give more digits")
+
+    def producer(self, version: Version) -> dict | None:
+        return self.runs.get(version.run) if version.run else None
+
+    def consumers(self, version: Version) -> list[tuple[str, dict]]:
+        return [(rid, run) for rid, run in self.runs.items() if run.get("status") == "finished"
+                and any(i["name"] == version.name and i["digest"] == version.digest for i in run["inputs"])]
+
+
+def record_run(store: Store, record: dict) -> Graph:
+    """Commit a run: write its record (the commit point), then rewrite the graph, under the lock."""
+    with store.locked():
+        # Stamped under the lock, so commit order (and so vN order) is the same in a rebuild.
+        record["committed"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+        store.put_run(record)
+        graph = Graph.rebuild(store) if not store.graph_path.exists() else _extend(store, record)
+        graph.save(store)
+    return graph
+
+
+def _extend(store: Store, record: dict) -> Graph:
+    """Add one run to the graph on disk; falls back to a rebuild if the file lags or is damaged."""
+    runs_on_disk = sum(1 for name in _listdir(store.runs_dir) if name.endswith(".json"))
+    try:
+        graph = Graph.from_json(json.loads(store.graph_path.read_bytes()))
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return Graph.rebuild(store)
+    if graph.runs_seen != runs_on_disk - 1:
+        return Graph.rebuild(store)
+    graph.runs[record["id"]] = _run_summary(record)
+    graph.runs_seen = runs_on_disk
+    if record.get("status") == "finished":
+        for output in record["outputs"]:
+            target = graph.find(output["name"], output["digest"])
+            if target is None:
+                chain = graph.versions.setdefault(output["name"], [])
+                target = Version(output["name"], len(chain) + 1, output["digest"], record["id"],
+                                 record.get("finished"), output.get("size", 0), output.get("count", 0))
+                chain.append(target)
+            _move_alias(graph, target, "latest", first=True)
+        for alias in record.get("aliases", []):
+            target = graph.find(alias["name"], alias["digest"])
+            if target is not None:
+                _move_alias(graph, target, alias["alias"])
+    return graph
+
+
+def _move_alias(graph: Graph, target: Version, alias: str, first: bool = False) -> None:
+    """An alias names one version of an artifact at a time."""
+    for version in graph.versions.get(target.name, []):
+        if alias in version.aliases:
+            version.aliases.remove(alias)
+    if first:
+        target.aliases.insert(0, alias)
+    else:
+        target.aliases.append(alias)
+
+
+def _run_summary(record: dict) -> dict:
+    return {
+        "stage": record["stage"],
+        "status": record.get("status"),
+        "cache_key": record.get("cache_key"),
+        "started": record.get("started"),
+        "finished": record.get("finished"),
+        "inputs": [{"name": i["name"], "digest": i["digest"]} for i in record.get("inputs", [])],
+        "outputs": [{"name": o["name"], "digest": o["digest"]} for o in record.get("outputs", [])],
+    }
+
+
+def _listdir(path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,350 @@
+"""The runner: everything around a stage's pure step.
+
+A stage module declares NAME, CODE (its source files), a Params dataclass, `input_refs(params)`
+and `run(inputs, params, ctx) -> list[Output]`; ingest adds `fingerprint(params)` for the
+folder it reads. The runner resolves the inputs, computes the cache key, reuses a finished run
+with the same key, hands the stage a StageContext for the only writes it may make (content-
+addressed objects, disposable cache files), then commits the outputs: manifests, the run
+record (the commit point) and the graph.
+
+    cache key = sha256(stage name, stage code digest, canonical params, input version digests)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable
+
+from lineage.errors import UserError
+from lineage.graph import Graph, Version, record_run
+from lineage.store import Store, canonical_json, sha256_bytes, sha256_file
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RECORDED_PACKAGES = ("numpy", "pandas", "pillow", "scikit-learn", "tensorflow-cpu", "tensorflow", "keras",
+                     "pyarrow", "matplotlib")
+
+
+@dataclass
+class Artifact:
+    """A resolved input version as a stage sees it: its manifest and where its objects are."""
+
+    version: Version
+    manifest: dict
+    store: Store = field(repr=False)
+    graph: Graph | None = field(default=None, repr=False)
+
+    @property
+    def ref(self) -> str:
+        return self.version.ref
+
+    @property
+    def digest(self) -> str:
+        return self.version.digest
+
+    def object_path(self, digest: str) -> Path:
+        return self.store.object_path(digest)
+
+    def source(self) -> "Artifact":
+        """The version this one was cut from (a split's raw-data), named in its own manifest.
+
+        Reading it is as deterministic as reading this manifest: the reference is by digest."""
+        name, digest = self.manifest["source"]["name"], self.manifest["source"]["digest"]
+        version = (self.graph and self.graph.find(name, digest)) or Version(name, 0, digest, None, None)
+        return Artifact(version, self.store.read_manifest(name, digest), self.store, self.graph)
+
+    def file_path(self, name: str) -> Path:
+        """Path of one of the version's named files (model.keras, predictions.parquet, …)."""
+        try:
+            return self.store.object_path(self.manifest["files"][name]["digest"])
+        except KeyError:
+            raise UserError(f"{self.ref} has no file {name!r}: it holds "
+                            f"{', '.join(self.manifest.get('files', {})) or 'no files'}") from None
+
+
+@dataclass
+class Output:
+    """One artifact version a stage produced: `body` becomes its manifest (plus its name)."""
+
+    name: str
+    body: dict
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageContext:
+    """The only ways a stage touches the store: staging content and using its cache folder."""
+
+    store: Store = field(repr=False)
+    stage: str
+    log: Callable[[str], None] = print
+    progress: bool = True
+
+    def put_bytes(self, data: bytes, digest: str | None = None) -> str:
+        return self.store.put_bytes(data, digest)
+
+    def put_file(self, path: str | os.PathLike) -> dict:
+        digest, size = self.store.put_file(path)
+        return {"digest": digest, "size": size}
+
+    def has_object(self, digest: str) -> bool:
+        return self.store.has_object(digest)
+
+    def cache_dir(self, *parts: str) -> Path:
+        folder = self.store.cache_dir.joinpath(self.stage, *parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def temp_dir(self) -> Path:
+        folder = self.store.temp_path("-stage")
+        folder.mkdir()
+        return folder
+
+
+@dataclass
+class Plan:
+    """What a stage would run on, and the key that names that run."""
+
+    stage: ModuleType
+    params: Any
+    inputs: dict[str, Version]
+    code_digest: str
+    fingerprint: str | None
+    cache_key: str
+
+    def key_parts(self) -> dict:
+        return {"code": self.code_digest, "params": cache_params(self.params),
+                "inputs": {name: v.digest for name, v in sorted(self.inputs.items())},
+                "source": self.fingerprint}
+
+
+@dataclass
+class RunResult:
+    stage: str
+    outputs: list[Version]
+    reused: bool
+    run_id: str
+
+
+def plan(store: Store, graph: Graph, stage: ModuleType, params: Any) -> Plan:
+    """Resolve a stage's inputs and compute its cache key, without running anything."""
+    inputs = {name: graph.resolve(ref, expected_name=name) for name, ref in stage.input_refs(params).items()}
+    fingerprint = stage.fingerprint(params) if hasattr(stage, "fingerprint") else None
+    code = code_digest(stage.CODE)
+    key = sha256_bytes(canonical_json({
+        "stage": stage.NAME, "code": code, "params": cache_params(params),
+        "inputs": {name: v.digest for name, v in sorted(inputs.items())}, "source": fingerprint,
+    }))
+    return Plan(stage, params, inputs, code, fingerprint, key)
+
+
+def execute(store: Store, stage: ModuleType, params: Any, *, force: bool = False, aliases: list[str] = (),
+            log: Callable[[str], None] = print, progress: bool = True) -> RunResult:
+    """Run one stage through the cache: reuse a finished identical run, or run and commit it."""
+    graph = Graph.load(store)
+    the_plan = plan(store, graph, stage, params)
+    if not force:
+        reused = _reuse(store, graph, the_plan, aliases)
+        if reused is not None:
+            return reused
+
+    run_id = _new_run_id()
+    started = _now()
+    t0 = time.perf_counter()
+    inputs = {name: Artifact(v, store.read_manifest(v.name, v.digest), store, graph)
+              for name, v in the_plan.inputs.items()}
+    context = StageContext(store, stage.NAME, log, progress)
+    record = _run_record(run_id, the_plan, started)
+    try:
+        outputs = stage.run(inputs, params, context)
+    except (UserError, KeyboardInterrupt) as error:
+        record.update(status="failed", finished=_now(), duration_s=round(time.perf_counter() - t0, 3),
+                      error=str(error) or type(error).__name__)
+        record_run(store, record)
+        raise
+
+    written = []
+    for output in outputs:
+        manifest = {"name": output.name, **output.body}
+        digest = store.put_manifest(manifest)
+        written.append({"name": output.name, "digest": digest, "size": _version_size(store, manifest, digest),
+                        "count": _entry_count(manifest)})
+        record["aliases"] += [{"name": output.name, "digest": digest, "alias": a} for a in output.aliases]
+    record["aliases"] += [{"name": o["name"], "digest": o["digest"], "alias": a} for o in written for a in aliases]
+    record.update(status="finished", outputs=written, finished=_now(),
+                  duration_s=round(time.perf_counter() - t0, 3))
+    graph = record_run(store, record)
+    versions = [graph.find(o["name"], o["digest"]) for o in written]
+    return RunResult(stage.NAME, versions, reused=False, run_id=run_id)
+
+
+def _reuse(store: Store, graph: Graph, the_plan: Plan, aliases: list[str]) -> RunResult | None:
+    """A finished run with the same key whose outputs are intact stands in for a new one."""
+    found = graph.finished_run_with_key(the_plan.cache_key)
+    if found is None:
+        return None
+    run_id, run = found
+    versions = [graph.find(o["name"], o["digest"]) for o in run["outputs"]]
+    if any(v is None or not outputs_intact(store, v) for v in versions):
+        return None
+    stale = [v for v in versions if "latest" not in v.aliases or any(a not in v.aliases for a in aliases)]
+    if stale:
+        # Re-running an older configuration makes its versions `latest` again. Record that as a
+        # (cheap) run of its own, so the graph stays derivable from runs/ alone.
+        record = _run_record(_new_run_id(), the_plan, _now())
+        record.update(status="finished", finished=_now(), duration_s=0.0, reused_run=run_id,
+                      outputs=[{"name": v.name, "digest": v.digest, "size": v.size, "count": v.count}
+                               for v in versions],
+                      aliases=[{"name": v.name, "digest": v.digest, "alias": a} for v in versions for a in aliases])
+        graph = record_run(store, record)
+        versions = [graph.find(v.name, v.digest) for v in versions]
+    return RunResult(the_plan.stage.NAME, versions, reused=True, run_id=run_id)
+
+
+def outputs_intact(store: Store, version: Version) -> bool:
+    """The manifest and every object it names are present (not re-hashed: that is `verify`)."""
+    path = store.manifest_path(version.name, version.digest)
+    if not path.exists():
+        return False
+    manifest = store.read_manifest(version.name, version.digest)
+    return all(store.has_object(d) for d in referenced_objects(manifest))
+
+
+def referenced_objects(manifest: dict) -> list[str]:
+    """Every object digest a manifest refers to: its entries' and its files'."""
+    digests = [f["digest"] for f in manifest.get("files", {}).values()]
+    entries = manifest.get("entries", [])
+    if isinstance(entries, dict):  # a split: {split name: {class: [digest, …]}}
+        digests += [d for per_class in entries.values() for chunk in per_class.values() for d in chunk]
+    else:
+        digests += [e["digest"] for e in entries]
+    return digests
+
+
+def cache_params(params: Any) -> dict:
+    """The params that define a run's result; fields marked cache=False (workers, progress) are left out."""
+    if not dataclasses.is_dataclass(params):
+        return params
+    return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.metadata.get("cache", True)}
+
+
+def code_digest(paths: tuple[str, ...]) -> str:
+    """sha256 over the stage's source files (folders expand to their *.py files)."""
+    digest_parts = []
+    for relative in paths:
+        path = PROJECT_ROOT / relative
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest_parts.append([str(file.relative_to(PROJECT_ROOT)), sha256_file(file)])
+    return sha256_bytes(canonical_json(digest_parts))
+
+
+def last_run(graph: Graph, stage: str) -> tuple[str, dict] | None:
+    runs = [(rid, r) for rid, r in graph.runs_of_stage(stage) if r.get("status") == "finished"]
+    return max(runs, key=lambda item: (item[1].get("finished") or "", item[0])) if runs else None
+
+
+def _run_record(run_id: str, the_plan: Plan, started: str) -> dict:
+    return {
+        "id": run_id,
+        "stage": the_plan.stage.NAME,
+        "status": "running",
+        "params": cache_params(the_plan.params),
+        "all_params": dataclasses.asdict(the_plan.params) if dataclasses.is_dataclass(the_plan.params) else None,
+        "cache_key": the_plan.cache_key,
+        "code_digest": the_plan.code_digest,
+        "source_fingerprint": the_plan.fingerprint,
+        "inputs": [{"name": v.name, "ref": v.ref, "digest": v.digest} for v in the_plan.inputs.values()],
+        "outputs": [],
+        "aliases": [],
+        "started": started,
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "packages": _package_versions(),
+        "git": _git_commit(),
+        "argv": sys.argv,
+    }
+
+
+def _version_size(store: Store, manifest: dict, digest: str) -> int:
+    entries = manifest.get("entries", [])
+    entry_bytes = sum(e.get("size", 0) for e in entries) if isinstance(entries, list) else 0
+    file_bytes = sum(f.get("size", 0) for f in manifest.get("files", {}).values())
+    return entry_bytes + file_bytes + store.manifest_path(manifest["name"], digest).stat().st_size
+
+
+def _entry_count(manifest: dict) -> int:
+    entries = manifest.get("entries", [])
+    if isinstance(entries, dict):
+        return sum(len(chunk) for per_class in entries.values() for chunk in per_class.values())
+    return len(entries) or len(manifest.get("files", {}))
+
+
+def _package_versions() -> dict:
+    versions = {}
+    for name in RECORDED_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _git_commit() -> dict | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=5)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def _new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def explain(store: Store, graph: Graph, stage: ModuleType, params: Any) -> list[str]:
+    """Why would `stage` run now? Compare what it would run on with its last run (`pipeline.py why`)."""
+    found = last_run(graph, stage.NAME)
+    if found is None:
+        return [f"{stage.NAME} has never run in this store"]
+    run_id, _ = found
+    record = json.loads(store.run_path(run_id).read_bytes())
+    current = plan(store, graph, stage, params)
+    if current.cache_key == record["cache_key"]:
+        return []
+    reasons = []
+    if current.code_digest != record["code_digest"]:
+        reasons.append(f"code changed: {', '.join(stage.CODE)} ({record['code_digest'][:12]} → {current.code_digest[:12]})")
+    old_params, new_params = record["params"], cache_params(params)
+    for key in sorted(set(old_params) | set(new_params)):
+        if old_params.get(key) != new_params.get(key):
+            reasons.append(f"param {stage.NAME}.{key}: {old_params.get(key)!r} → {new_params.get(key)!r}")
+    old_inputs = {i["name"]: i for i in record["inputs"]}
+    for name, version in current.inputs.items():
+        before = old_inputs.get(name)
+        if before is None or before["digest"] != version.digest:
+            was = graph.find(name, before["digest"]).ref if before and graph.find(name, before["digest"]) else "none"
+            reasons.append(f"input {name}: {was} → {version.ref}")
+    if current.fingerprint != record.get("source_fingerprint"):
+        reasons.append("source folder changed: files added, removed or modified since the last ingest")
+    return reasons or [f"last run {run_id} differs in its cache key only (made by an older version of the runner)"]

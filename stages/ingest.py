@@ -1,0 +1,257 @@
+"""ingest: a folder with one subfolder per class becomes `raw-data:vN`.
+
+Every file is read once: hashed, checked from its header (stages/imagecheck.py) and, if the
+store lacks its content, staged as an object, all from the same bytes. Threads do the work in
+parallel because hashing and file I/O release the GIL. A stat cache of (size, mtime_ns, inode)
+lets an unchanged file skip all of that, and the runner's cache key uses the same stat data
+(`fingerprint`), so re-ingesting an unchanged folder reads no file content at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import unicodedata
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lineage.display import format_counts
+from lineage.errors import UserError
+from lineage.runner import Output, StageContext
+from lineage.store import canonical_json, sha256_bytes
+from stages.imagecheck import DEFAULT_MAX_PIXELS, Rejected, inspect_image
+
+NAME = "ingest"
+OUTPUT = "raw-data"
+CODE = ("stages/ingest.py", "stages/imagecheck.py")
+PROGRESS_MIN_FILES = 500
+STAT_CACHE_FORMAT = 1
+
+
+@dataclass
+class Params:
+    source: str = ""
+    on_label_conflict: str = "error"
+    full_decode: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    workers: int = field(default=4, metadata={"cache": False})
+
+    def __post_init__(self):
+        if self.on_label_conflict not in ("error", "drop"):
+            raise UserError(f"ingest.on_label_conflict is {self.on_label_conflict!r}: use error or drop")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    relative: str  # posix path under the source root, the entry's `path`
+    label: str
+    size: int
+    mtime_ns: int
+    inode: int
+
+
+@dataclass
+class Scan:
+    files: list[SourceFile]
+    problems: list[dict]  # {"path", "reason"}: files and folders that are not part of any class
+    classes: list[str]
+
+
+def input_refs(params: Params) -> dict[str, str]:
+    return {}
+
+
+def fingerprint(params: Params) -> str:
+    """The folder's identity from stat data alone: what the cache key sees of the source."""
+    scan = scan_source(source_root(params))
+    rows = [[f.relative, f.label, f.size, f.mtime_ns, f.inode] for f in scan.files]
+    return sha256_bytes(canonical_json([rows, scan.problems]))
+
+
+def source_root(params: Params) -> Path:
+    if not params.source:
+        raise UserError("ingest needs a source folder: `pipeline.py ingest FOLDER` or ingest.source in the config")
+    root = Path(params.source).expanduser()
+    if not root.is_dir():
+        raise UserError(f"source folder {root} does not exist or is not a folder")
+    return root.resolve()
+
+
+def scan_source(root: Path) -> Scan:
+    """Walk the class folders. Hidden names are skipped; symlinks are followed only inside the root."""
+    files: list[SourceFile] = []
+    problems: list[dict] = []
+    classes = []
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if not _inside(root, entry):
+            problems.append({"path": entry.name, "reason": "symlink that leaves the source folder, not followed"})
+        elif entry.is_dir():
+            found = _scan_class(root, Path(entry.path), unicodedata.normalize("NFC", entry.name), problems)
+            if found:
+                classes.append(unicodedata.normalize("NFC", entry.name))
+                files += found
+            else:
+                problems.append({"path": entry.name + "/", "reason": "empty class folder (no files), skipped"})
+        else:
+            problems.append({"path": entry.name, "reason": "file directly under the source folder "
+                                                          "(not in a class folder), skipped"})
+    if not classes:
+        raise UserError(f"no class folders with files in {root}: expected one subfolder per class, "
+                        f"e.g. {root}/Aves/img001.jpg")
+    return Scan(files, problems, classes)
+
+
+def _scan_class(root: Path, folder: Path, label: str, problems: list[dict]) -> list[SourceFile]:
+    found = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        for entry in os.scandir(current):
+            if entry.name.startswith("."):
+                continue
+            relative = Path(entry.path).relative_to(root).as_posix()
+            if not _inside(root, entry):
+                problems.append({"path": relative, "reason": "symlink that leaves the source folder, not followed"})
+            elif entry.is_dir():
+                stack.append(Path(entry.path))
+            elif entry.is_file():
+                stat = entry.stat()
+                found.append(SourceFile(relative, label, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return sorted(found, key=lambda f: f.relative)
+
+
+def _inside(root: Path, entry: os.DirEntry) -> bool:
+    if not entry.is_symlink():
+        return True
+    target = Path(os.path.realpath(entry.path))
+    return target == root or root in target.parents
+
+
+def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
+    root = source_root(params)
+    scan = scan_source(root)
+    checks = {"full_decode": params.full_decode, "max_pixels": params.max_pixels}
+    cache_path = ctx.cache_dir("stat") / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".json")
+    cached = _load_stat_cache(cache_path, checks)
+
+    results: dict[str, dict] = {}
+    todo = []
+    for source in scan.files:
+        hit = cached.get(source.relative)
+        if hit and hit["stat"] == [source.size, source.mtime_ns, source.inode] and (
+                "reason" in hit or ctx.has_object(hit["digest"])):
+            results[source.relative] = hit
+        else:
+            todo.append(source)
+    if todo:
+        for source, result in zip(todo, _examine_all(root, todo, params, ctx)):
+            results[source.relative] = result
+    _save_stat_cache(ctx, cache_path, checks, results)
+
+    entries, rejected = [], list(scan.problems)
+    for source in scan.files:
+        result = results[source.relative]
+        if "reason" in result:
+            rejected.append({"path": source.relative, "reason": result["reason"]})
+        else:
+            entries.append({"path": source.relative, "digest": result["digest"], "size": source.size,
+                            "label": source.label, "format": result["format"],
+                            "width": result["width"], "height": result["height"]})
+    entries, duplicates, conflicts = _resolve_repeats(entries, params.on_label_conflict)
+    rejected += conflicts
+    counts = Counter(e["label"] for e in entries)
+    classes = sorted(counts)
+    rejected += [{"path": label + "/", "reason": "class folder with no readable image, skipped"}
+                 for label in scan.classes if label not in counts]
+    if not entries:
+        raise UserError(f"no readable image in {root}: {len(rejected)} file(s) rejected, "
+                        f"first: {rejected[0]['path']} ({rejected[0]['reason']})" if rejected else
+                        f"no readable image in {root}")
+
+    _report(ctx, root, scan, todo, entries, rejected, duplicates, counts)
+    meta = {"classes": classes, "class_counts": dict(sorted(counts.items())),
+            "rejected": sorted(rejected, key=lambda r: r["path"]), "rejected_count": len(rejected),
+            "duplicates": duplicates, "checks": checks}
+    return [Output(OUTPUT, {"entries": entries, "meta": meta})]
+
+
+def _examine_all(root: Path, todo: list[SourceFile], params: Params, ctx: StageContext) -> list[dict]:
+    def examine(source: SourceFile) -> dict:
+        try:
+            data = (root / source.relative).read_bytes()
+        except OSError as error:
+            return {"stat": None, "reason": f"unreadable: {error.strerror}"}
+        stat = [source.size, source.mtime_ns, source.inode]
+        if len(data) != source.size:
+            return {"stat": None, "reason": "changed while being read; ingest again"}
+        try:
+            info = inspect_image(data, params.full_decode, params.max_pixels)
+        except Rejected as why:
+            return {"stat": stat, "reason": str(why)}
+        digest = hashlib.sha256(data).hexdigest()
+        if not ctx.has_object(digest):
+            ctx.put_bytes(data, digest)
+        return {"stat": stat, "digest": digest, "format": info.format, "width": info.width, "height": info.height}
+
+    with ThreadPoolExecutor(max(1, params.workers)) as pool:
+        results = pool.map(examine, todo, chunksize=16)
+        if ctx.progress and len(todo) >= PROGRESS_MIN_FILES:
+            from tqdm import tqdm
+            results = tqdm(results, total=len(todo), desc="ingest", unit="file")
+        return list(results)
+
+
+def _resolve_repeats(entries: list[dict], on_conflict: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """Same content twice in a class: keep the first path. Same content under two classes: a label
+    conflict, an error by default or, with on_label_conflict: drop, every copy is left out."""
+    by_digest: dict[str, list[dict]] = defaultdict(list)
+    for entry in entries:
+        by_digest[entry["digest"]].append(entry)
+    kept, duplicates, conflicts = [], [], []
+    for digest, group in by_digest.items():
+        labels = sorted({e["label"] for e in group})
+        if len(labels) > 1:
+            conflicts += [{"path": e["path"], "reason": f"label conflict: same content under {' and '.join(labels)}"}
+                          for e in group]
+            continue
+        kept.append(group[0])
+        duplicates += [{"path": e["path"], "same_as": group[0]["path"]} for e in group[1:]]
+    if conflicts and on_conflict == "error":
+        first = conflicts[0]
+        raise UserError(f"{len(conflicts)} files carry the same content under different classes, first "
+                        f"{first['path']} ({first['reason']}): fix the folders, or set "
+                        "ingest.on_label_conflict: drop to leave every copy out")
+    return sorted(kept, key=lambda e: e["path"]), duplicates, conflicts
+
+
+def _load_stat_cache(path: Path, checks: dict) -> dict:
+    try:
+        data = json.loads(path.read_bytes())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+    if data.get("format") != STAT_CACHE_FORMAT or data.get("checks") != checks:
+        return {}
+    return data["files"]
+
+
+def _save_stat_cache(ctx: StageContext, path: Path, checks: dict, results: dict) -> None:
+    files = {rel: r for rel, r in results.items() if r.get("stat")}
+    ctx.store.write_atomic(path, json.dumps({"format": STAT_CACHE_FORMAT, "checks": checks, "files": files}).encode(),
+                           durable=False)
+
+
+def _report(ctx, root, scan, todo, entries, rejected, duplicates, counts) -> None:
+    ctx.log(f"ingest: {root}: {len(scan.files):,} files, {len(todo):,} read, "
+            f"{len(scan.files) - len(todo):,} unchanged (stat cache)")
+    for item in rejected[:20]:
+        ctx.log(f"  rejected {item['path']}: {item['reason']}")
+    if len(rejected) > 20:
+        ctx.log(f"  … and {len(rejected) - 20} more rejected (see `pipeline.py show raw-data:latest`)")
+    if duplicates:
+        ctx.log(f"  {len(duplicates)} duplicate file(s) within a class kept once")
+    ctx.log(format_counts({"images": dict(counts)}, sorted(counts)))

@@ -1,0 +1,126 @@
+"""split: `raw-data:vN` becomes `split:vN`, train/val/test by reference.
+
+The manifest lists object digests per split and class (no image is copied) and names the
+raw-data version it was cut from. The shuffle is seeded per class with Python's own
+`random.Random(str)`, which is the same on every machine and Python version, so the same raw
+version and params give the same digest anywhere.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from lineage.display import format_counts
+from lineage.errors import UserError
+from lineage.runner import Artifact, Output, StageContext
+
+NAME = "split"
+OUTPUT = "split"
+CODE = ("stages/split.py",)
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class Params:
+    input: str = "raw-data:latest"
+    per_class: dict = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    balanced: bool = True
+    allow_small_classes: bool = False
+    seed: int = 42
+
+    def __post_init__(self):
+        unknown = [k for k in self.per_class if k not in SPLIT_NAMES]
+        if unknown or "train" not in self.per_class:
+            raise UserError(f"split.per_class has {', '.join(unknown) or 'no train'}: use train, val and "
+                            "optionally test, e.g. {train: 800, val: 100, test: 100} or {train: 0.8, val: 0.2}")
+        values = list(self.per_class.values())
+        if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+            return
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in values):
+            if sum(values) > 1 + 1e-9:
+                raise UserError(f"split.per_class fractions add up to {sum(values):g}: they must add up to at most 1")
+            return
+        raise UserError(f"split.per_class is {self.per_class}: give whole counts per class (800) "
+                        "or fractions (0.8), not a mix")
+
+    @property
+    def uses_counts(self) -> bool:
+        """Whole numbers are counts per class (800); any float makes them fractions (0.8)."""
+        return all(isinstance(v, int) for v in self.per_class.values())
+
+
+def input_refs(params: Params) -> dict[str, str]:
+    return {"raw-data": params.input}
+
+
+def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
+    raw = inputs["raw-data"]
+    by_class: dict[str, list[str]] = defaultdict(list)
+    for entry in raw.manifest["entries"]:
+        by_class[entry["label"]].append(entry["digest"])
+    sizes = {label: len(digests) for label, digests in sorted(by_class.items())}
+    wanted = split_counts(sizes, params, ctx.log)
+
+    entries: dict[str, dict[str, list[str]]] = {name: {} for name in params.per_class}
+    for label, digests in sorted(by_class.items()):
+        shuffled = sorted(digests)
+        random.Random(f"{params.seed}:{label}").shuffle(shuffled)
+        start = 0
+        for name in params.per_class:
+            count = wanted[label][name]
+            entries[name][label] = sorted(shuffled[start:start + count])
+            start += count
+
+    counts = {name: {label: len(d) for label, d in per_label.items()} for name, per_label in entries.items()}
+    ctx.log(f"split: {raw.ref} → " + ", ".join(f"{n} {sum(c.values()):,}" for n, c in counts.items()))
+    ctx.log(format_counts(counts, sorted(sizes)))
+    body = {"source": {"name": raw.version.name, "digest": raw.digest},
+            "entries": entries,
+            "meta": {"classes": sorted(sizes), "counts": counts, "class_sizes": sizes}}
+    return [Output(OUTPUT, body)]
+
+
+def split_counts(sizes: dict[str, int], params: Params, warn) -> dict[str, dict[str, int]]:
+    """How many images of each class go to each split; a class too small is an error or a warning."""
+    names = list(params.per_class)
+    if params.uses_counts:
+        asked = {label: dict(params.per_class) for label in sizes}
+    else:
+        base = {label: (min(sizes.values()) if params.balanced else size) for label, size in sizes.items()}
+        asked = {label: {n: int(params.per_class[n] * base[label]) for n in names} for label in sizes}
+        for label, counts in asked.items():
+            empty = [n for n in names if counts[n] == 0 and params.per_class[n] > 0]
+            if empty:
+                _too_small(label, sizes[label], f"fractions {params.per_class} leave {', '.join(empty)} empty",
+                           params, warn)
+                for n in empty:  # give each requested split at least one image when we can
+                    counts[n] = 1 if sum(counts.values()) < sizes[label] else 0
+        return asked
+
+    need = sum(params.per_class.values())
+    smallest = min(sizes.values())
+    for label, size in sizes.items():
+        if size < need:
+            _too_small(label, size, f"{need} were asked ({', '.join(f'{n} {params.per_class[n]}' for n in names)})",
+                       params, warn)
+            if params.balanced:  # every class is cut down to what the smallest class can give
+                return {lbl: _scaled(params.per_class, smallest) for lbl in sizes}
+            asked[label] = _scaled(params.per_class, size)
+    return asked
+
+
+def _too_small(label: str, size: int, detail: str, params: Params, warn) -> None:
+    message = f"class {label!r} has {size} images, too few for the split: {detail}"
+    if not params.allow_small_classes:
+        raise UserError(message + "; lower split.per_class or set split.allow_small_classes: true")
+    warn(f"warning: {message}; using fewer (split.allow_small_classes is on)")
+
+
+def _scaled(counts: dict[str, int], available: int) -> dict[str, int]:
+    """Cut counts down proportionally to what is available; the rounding remainder goes to train."""
+    total = sum(counts.values())
+    scaled = {n: c * available // total for n, c in counts.items()}
+    scaled["train"] += available - sum(scaled.values())
+    return scaled
