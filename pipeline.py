@@ -167,6 +167,77 @@ def cmd_gc(args) -> int:
     return 0
 
 
+# -- prediction tables and reports ----------------------------------------------------------
+
+def cmd_table(args) -> int:
+    from report.table import format_table, query_table
+
+    frame = _predictions(args, args.ref)
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    result = query_table(frame, filter=args.filter, sort=args.sort, descending=args.desc, group_by=args.group_by,
+                         columns=columns, limit=args.limit)
+    print(format_table(result, args.format))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from report.compare import compare_predictions, format_comparison
+
+    comparison = compare_predictions(_predictions(args, args.ref_a), _predictions(args, args.ref_b),
+                                     args.ref_a, args.ref_b, filter=args.filter)
+    print(format_comparison(comparison, args.format, limit=args.limit))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Evaluate the first predictions version (through the cache) and write its report.html."""
+    from pathlib import Path
+
+    from lineage import runner
+    from stages import evaluate
+
+    config = _config(args)
+    store = _store(config)
+    config.sections["evaluate"].update(input=args.refs[0])
+    if len(args.refs) > 1:
+        config.sections["evaluate"].update(compare_with=args.refs[1], across=args.refs[2:])
+    result = runner.execute(store, evaluate, config.params("evaluate"), force=args.force, log=_logger(args),
+                            progress=not args.quiet)
+    version = result.outputs[0]
+    manifest = store.read_manifest(version.name, version.digest)
+    out = Path(args.out or f"reports/{version.name}-v{version.v}.html")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(store.read_object(manifest["files"]["report.html"]["digest"]))
+    _say_result(result)
+    print(f"report: {out.resolve()}")
+    return 0
+
+
+def cmd_demo_data(args) -> int:
+    from pathlib import Path
+
+    from demo import data
+
+    out = Path(args.out)
+    if args.source == "synthetic":
+        counts = data.synthetic(out, args.per_class)
+    else:
+        counts = data.fashion_mnist(out, args.per_class, args.source)
+    print(f"demo-data: {sum(counts.values()):,} images in {len(counts)} class folders under {out}")
+    return 0
+
+
+def _predictions(args, ref: str):
+    from lineage.graph import Graph
+    from lineage.runner import Artifact
+    from stages.evaluate import read_predictions
+
+    store = _store(_config(args))
+    graph = Graph.load(store)
+    version = graph.resolve(ref, expected_name="predictions")
+    return read_predictions(Artifact(version, store.read_manifest(version.name, version.digest), store, graph))
+
+
 # -- plumbing --------------------------------------------------------------------------------
 
 def _config(args):
@@ -237,6 +308,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--grace-minutes", type=float, default=60.0,
                      help="keep anything younger than this, as a running stage may be staging it (default 60)")
     sub.set_defaults(handler=cmd_gc)
+
+    sub = commands.add_parser("table", parents=[common], help="filter, sort and group a predictions table")
+    sub.add_argument("ref", help="a predictions version, e.g. predictions:latest")
+    sub.add_argument("--filter", help='W&B-style expression, e.g. \'x["truth"] = "Aves" and x["guess"] != "Aves"\'')
+    sub.add_argument("--sort", help="column to sort by, e.g. score_Aves")
+    sub.add_argument("--desc", action="store_true", help="sort descending")
+    sub.add_argument("--group-by", help="truth (guesses per true class), guess, or any column")
+    sub.add_argument("--columns", help="comma-separated columns to show")
+    sub.add_argument("--limit", type=int, help="show at most N rows")
+    sub.add_argument("--format", choices=("text", "csv", "json", "markdown"), default="text")
+    sub.set_defaults(handler=cmd_table)
+
+    sub = commands.add_parser("compare", parents=[common], help="compare two predictions versions image by image")
+    sub.add_argument("ref_a")
+    sub.add_argument("ref_b")
+    sub.add_argument("--filter", help="expression over the joined rows (guess_a, guess_b, truth, …)")
+    sub.add_argument("--limit", type=int, default=20, help="images listed per section (default 20)")
+    sub.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
+    sub.set_defaults(handler=cmd_compare)
+
+    sub = commands.add_parser("report", parents=[common], help="evaluate predictions and write report.html")
+    sub.add_argument("refs", nargs="+", metavar="REF",
+                     help="predictions to report on; a second is shown side by side, all are on the AP plot")
+    sub.add_argument("--out", help="where to write the HTML (default reports/eval-vN.html)")
+    sub.add_argument("--force", action="store_true")
+    sub.set_defaults(handler=cmd_report)
+
+    sub = commands.add_parser("demo-data", help="write demo images as class folders")
+    sub.add_argument("--out", default="data/fashion-mnist", help="folder to write (default data/fashion-mnist)")
+    sub.add_argument("--per-class", type=int, default=300, help="images per class (default 300)")
+    sub.add_argument("--source", choices=("auto", "debian", "keras", "synthetic"), default="auto",
+                     help="Fashion-MNIST from Debian's package or Keras, or tiny synthetic images (smoke runs)")
+    sub.set_defaults(handler=cmd_demo_data)
     return parser
 
 

@@ -12,12 +12,14 @@ record (the commit point) and the graph.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from lineage.errors import UserError
 from lineage.graph import Graph, Version, record_run
@@ -64,6 +66,18 @@ class Artifact:
         version = (self.graph and self.graph.find(name, digest)) or Version(name, 0, digest, None, None)
         return Artifact(version, self.store.read_manifest(name, digest), self.store, self.graph)
 
+    @contextlib.contextmanager
+    def named_file(self, name: str) -> Iterator[Path]:
+        """The file under its own name (a symlink in tmp/), for readers that insist on an extension."""
+        folder = self.store.temp_path("-named")
+        folder.mkdir()
+        try:
+            link = folder / name
+            link.symlink_to(self.file_path(name).resolve())
+            yield link
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def file_path(self, name: str) -> Path:
         """Path of one of the version's named files (model.keras, predictions.parquet, …)."""
         try:
@@ -94,6 +108,13 @@ class StageContext:
     def put_bytes(self, data: bytes, digest: str | None = None) -> str:
         return self.store.put_bytes(data, digest)
 
+    def put_blob(self, data: bytes) -> dict:
+        """Stage bytes as an object; returns the {digest, size} a manifest's `files` entry holds."""
+        return {"digest": self.store.put_bytes(data), "size": len(data)}
+
+    def write_cache(self, path: Path, data: bytes) -> None:
+        self.store.write_atomic(path, data, durable=False)
+
     def put_file(self, path: str | os.PathLike) -> dict:
         digest, size = self.store.put_file(path)
         return {"digest": digest, "size": size}
@@ -102,7 +123,8 @@ class StageContext:
         return self.store.has_object(digest)
 
     def cache_dir(self, *parts: str) -> Path:
-        folder = self.store.cache_dir.joinpath(self.stage, *parts)
+        """A folder under the store's cache/ (derived, disposable; shared between stages)."""
+        folder = self.store.cache_dir.joinpath(*parts)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -139,7 +161,9 @@ class RunResult:
 
 def plan(store: Store, graph: Graph, stage: ModuleType, params: Any) -> Plan:
     """Resolve a stage's inputs and compute its cache key, without running anything."""
-    inputs = {name: graph.resolve(ref, expected_name=name) for name, ref in stage.input_refs(params).items()}
+    # Input keys are artifact names, or `name#role` where a stage reads several versions of one name.
+    inputs = {key: graph.resolve(ref, expected_name=key.split("#")[0])
+              for key, ref in stage.input_refs(params).items()}
     fingerprint = stage.fingerprint(params) if hasattr(stage, "fingerprint") else None
     code = code_digest(stage.CODE)
     key = sha256_bytes(canonical_json({

@@ -119,8 +119,10 @@ def _too_small(label: str, size: int, detail: str, params: Params, warn) -> None
 
 
 def _scaled(counts: dict[str, int], available: int) -> dict[str, int]:
-    """Cut counts down proportionally to what is available; the rounding remainder goes to train."""
+    """Cut counts down proportionally to what is available (largest-remainder rounding)."""
     total = sum(counts.values())
     scaled = {n: c * available // total for n, c in counts.items()}
-    scaled["train"] += available - sum(scaled.values())
+    by_remainder = sorted(counts, key=lambda n: -(counts[n] * available % total))
+    for name in by_remainder[:available - sum(scaled.values())]:
+        scaled[name] += 1
     return scaled

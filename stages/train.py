@@ -1,0 +1,134 @@
+"""train: `split:vN` becomes `model:vN` (and the validation predictions as `predictions:vN`).
+
+The flow, top-down as in keras-io's fine-tuning guide: read the split's images from the
+store, decode them once into a cache keyed by split digest and image size, build an ImageNet
+backbone with a fresh head, fit the head with the backbone frozen, then fine-tune the top of
+the backbone at a low learning rate. The model artifact carries everything inference needs:
+the class-index map, input size, resize mode and preprocessing, so no class list is ever
+typed twice. TensorFlow is imported inside `run` only: the other commands start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from lineage.errors import UserError
+from lineage.runner import Artifact, Output, StageContext
+
+NAME = "train"
+OUTPUT = "model"
+CODE = ("stages/train.py", "stages/images.py", "models/")
+
+
+@dataclass
+class Params:
+    input: str = "split:latest"
+    backbone: str = "efficientnet_lite0"
+    weights: str | None = "imagenet"  # imagenet, none, or a local weights file
+    image_size: int | None = None  # None: the backbone's own size (224 for efficientnet_lite0)
+    resize: str = "crop"  # resize (stretch), crop (center crop) or pad (letterbox)
+    batch_size: int = 32
+    epochs_head: int = 5
+    epochs_finetune: int = 5
+    lr_head: float = 1e-3
+    lr_finetune: float = 1e-5
+    unfreeze: int | str = 20  # top backbone layers to unfreeze, or the layer to unfreeze from; 0 skips phase 2
+    dropout: float = 0.2
+    early_stopping_patience: int | None = 3
+    reduce_lr_patience: int | None = 2
+    augmentation: dict = field(default_factory=lambda: {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1,
+                                                        "contrast": 0.1})
+    use_feature_cache: bool = True
+    seed: int = 42
+    tensorboard: bool = False
+    verbose: int = field(default=2, metadata={"cache": False})
+
+
+def input_refs(params: Params) -> dict[str, str]:
+    return {"split": params.input}
+
+
+def fingerprint(params: Params) -> str | None:
+    """A local weights file is part of what a run depends on: its content, not just its path."""
+    key = _weights_key(params.weights)
+    return None if key in ("None", "none", "imagenet") else key
+
+
+def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
+    from models.backbones import build_feature_extractor, build_head, get_backbone
+    from models.predict import predict_table
+    from models.training import TrainConfig, train_two_phase
+    from stages.images import load_split_images
+
+    split = inputs["split"]
+    if not split.manifest["entries"].get("val"):
+        raise UserError(f"{split.ref} has no val split, which training needs for checkpoints and early stopping: "
+                        "split again with e.g. --set 'split.per_class={train: 0.8, val: 0.1, test: 0.1}'")
+    backbone = get_backbone(params.backbone)
+    size = params.image_size or backbone.default_size
+    classes = split.manifest["meta"]["classes"]
+    train = load_split_images(split, "train", classes, size, params.resize, ctx)
+    val = load_split_images(split, "val", classes, size, params.resize, ctx)
+    ctx.log(f"train: {params.backbone} at {size} px on {len(train.labels):,} train / {len(val.labels):,} val "
+            f"images, {len(classes)} classes")
+
+    extractor = build_feature_extractor(params.backbone, size, params.weights)
+    head = build_head(backbone.feature_dim, len(classes), params.dropout)
+    work = ctx.temp_dir()
+    config = TrainConfig(
+        epochs_head=params.epochs_head, epochs_finetune=params.epochs_finetune, batch_size=params.batch_size,
+        lr_head=params.lr_head, lr_finetune=params.lr_finetune, unfreeze=params.unfreeze, dropout=params.dropout,
+        early_stopping_patience=params.early_stopping_patience, reduce_lr_patience=params.reduce_lr_patience,
+        seed=params.seed, augmentation=params.augmentation, use_feature_cache=params.use_feature_cache,
+        tensorboard_dir=str(ctx.cache_dir("tensorboard", split.digest[:16])) if params.tensorboard else None,
+        verbose=params.verbose)
+    feature_key = f"{split.digest[:16]}-{params.backbone}-{_weights_key(params.weights)}-{size}-{params.resize}"
+    result = train_two_phase(extractor, head, train.images, train.labels, val.images, val.labels, config,
+                             checkpoint_path=str(work / "best.weights.h5"),
+                             feature_cache_dir=str(ctx.cache_dir("features", feature_key)), log=ctx.log)
+
+    model_path = work / "model.keras"
+    result.model.save(model_path)
+    class_index = {name: i for i, name in enumerate(classes)}
+    history = json.dumps(result.history, indent=1).encode()
+    files = {"model.keras": ctx.put_file(model_path),
+             "class_index.json": ctx.put_blob(json.dumps(class_index, indent=1).encode()),
+             "history.json": ctx.put_blob(history)}
+    meta = {"classes": classes, "class_index": class_index, "input_size": size, "resize": params.resize,
+            "backbone": params.backbone, "weights": params.weights, "preprocessing": backbone.preprocessing,
+            "params": asdict(params), "best": result.best, "history": result.history,
+            "train_images": len(train.labels), "skipped_images": train.failures + val.failures}
+    model = Output(OUTPUT, {"source": {"name": split.version.name, "digest": split.digest},
+                            "files": files, "meta": meta})
+
+    table = predict_table(result.model, val.images, val.ids, val.paths, ["val"] * len(val.ids), val.truths,
+                          classes, batch_size=params.batch_size, progress=ctx.progress)
+    return [model, prediction_output(ctx, table, classes, split="val", made_with={"split": split.ref})]
+
+
+def prediction_output(ctx: StageContext, table, classes: list[str], split: str, made_with: dict) -> Output:
+    """A predictions version: the table as Parquet, with the class order and headline numbers."""
+    import io
+
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False, compression="zstd")
+    labelled = table["truth"].notna()
+    accuracy = float((table.loc[labelled, "truth"] == table.loc[labelled, "guess"]).mean()) if labelled.any() else None
+    meta = {"classes": classes, "rows": len(table), "split": split, "labelled": int(labelled.sum()),
+            "accuracy": accuracy, **made_with}
+    ctx.log(f"predictions: {len(table):,} rows on {split}" +
+            (f", accuracy {accuracy:.4f}" if accuracy is not None else " (unlabelled)"))
+    return Output("predictions", {"files": {"predictions.parquet": ctx.put_blob(buffer.getvalue())}, "meta": meta})
+
+
+
+def _weights_key(weights: str | None) -> str:
+    """Features depend on which weights made them: a local file is keyed by its content."""
+    if weights in (None, "none", "imagenet"):
+        return str(weights)
+    from pathlib import Path
+
+    from lineage.store import sha256_file
+    path = Path(weights).expanduser()
+    return sha256_file(path)[:16] if path.is_file() else "missing"

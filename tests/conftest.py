@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny generated image folders and a CLI runner in a fresh process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def write_image(path: Path, seed: int, size=(24, 20), fmt: str | None = None, colour: int | None = None) -> Path:
+    """A small random image; `colour` (0, 1, 2) makes one RGB channel dominate, for learnable classes."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 120, (size[1], size[0], 3), dtype=np.uint8)
+    if colour is not None:
+        pixels[..., colour] += 120
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+    return path
+
+
+def make_class_folders(root: Path, classes: dict[str, int], seed: int = 0, ext: str = "png") -> Path:
+    """root/<class>/<i>.<ext> with `count` distinct images per class."""
+    for c, (label, count) in enumerate(classes.items()):
+        for i in range(count):
+            write_image(root / label / f"img_{i:03d}.{ext}", seed=seed * 100_000 + c * 1000 + i, colour=c % 3)
+    return root
+
+
+@pytest.fixture
+def image_root(tmp_path) -> Path:
+    return make_class_folders(tmp_path / "photos", {"Amphibia": 10, "Aves": 10, "Fungi": 10})
+
+
+@pytest.fixture
+def store_dir(tmp_path) -> Path:
+    return tmp_path / "store"
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run pipeline.py in a fresh interpreter, as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(PROJECT), **(env or {})}
+    return subprocess.run([sys.executable, str(PROJECT / "pipeline.py"), *args], cwd=cwd or PROJECT,
+                          capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

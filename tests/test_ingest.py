@@ -1,0 +1,132 @@
+"""ingest: formats, every kind of bad input, the folder rules."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import make_class_folders, write_image
+from lineage import runner
+from lineage.errors import UserError
+from lineage.store import Store
+from stages import ingest
+
+
+def _ingest(tmp_path, root, **kw):
+    store = Store.open(tmp_path / "store", create=True)
+    messages = []
+    result = runner.execute(store, ingest, ingest.Params(source=str(root), **kw), log=messages.append)
+    manifest = store.read_manifest("raw-data", result.outputs[0].digest)
+    return manifest, messages
+
+
+def _jpeg_bytes(seed=0, size=(40, 30)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(
+        buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_every_accepted_format_is_read_with_its_size(tmp_path):
+    root = tmp_path / "src"
+    formats = {"a.jpg": "JPEG", "b.png": "PNG", "c.gif": "GIF", "d.bmp": "BMP", "e.webp": "WEBP", "f.tif": "TIFF"}
+    for i, (name, fmt) in enumerate(formats.items()):
+        write_image(root / "Aves" / name, seed=i, size=(31 + i, 17), fmt=fmt)
+    gray = Image.fromarray(np.arange(200, dtype=np.uint8).reshape(10, 20))
+    gray.save(root / "Aves" / "gray.png")
+    manifest, _ = _ingest(tmp_path, root)
+    by_path = {e["path"]: e for e in manifest["entries"]}
+    for i, (name, fmt) in enumerate(formats.items()):
+        entry = by_path[f"Aves/{name}"]
+        assert (entry["format"], entry["width"], entry["height"]) == (fmt, 31 + i, 17)
+        assert entry["label"] == "Aves" and entry["size"] == (root / "Aves" / name).stat().st_size
+    assert by_path["Aves/gray.png"]["width"] == 20
+    assert manifest["meta"]["rejected_count"] == 0
+
+
+def test_bad_files_are_rejected_with_reasons(tmp_path):
+    root = make_class_folders(tmp_path / "src", {"Fungi": 3})
+    bad = root / "Fungi"
+    (bad / "notes.jpg").write_text("this is not an image at all")
+    (bad / "empty.png").write_bytes(b"")
+    (bad / "cut.jpg").write_bytes(_jpeg_bytes()[:-400])
+    png = io.BytesIO()
+    Image.new("RGB", (30, 30), "red").save(png, "PNG")
+    (bad / "cut.png").write_bytes(png.getvalue()[:-20])
+    write_image(bad / "huge.png", seed=5, size=(300, 300))
+    manifest, messages = _ingest(tmp_path, root, max_pixels=50_000)
+    reasons = {r["path"]: r["reason"] for r in manifest["meta"]["rejected"]}
+    assert reasons["Fungi/notes.jpg"].startswith("not an image")
+    assert reasons["Fungi/empty.png"] == "empty file (0 bytes)"
+    assert reasons["Fungi/cut.jpg"].startswith("truncated JPEG")
+    assert reasons["Fungi/cut.png"].startswith("truncated PNG")
+    assert reasons["Fungi/huge.png"].startswith("decompression bomb: 300x300")
+    assert manifest["meta"]["rejected_count"] == 5
+    assert [e["path"] for e in manifest["entries"]] == [f"Fungi/img_00{i}.png" for i in range(3)]
+    assert any("rejected Fungi/cut.jpg" in m for m in messages)
+
+
+def test_full_decode_catches_damage_inside_the_image(tmp_path):
+    root = make_class_folders(tmp_path / "src", {"Fungi": 2})
+    data = bytearray((root / "Fungi" / "img_000.png").read_bytes())
+    data[60:80] = b"\x00" * 20  # inside the compressed pixel data; the file still ends with IEND
+    (root / "Fungi" / "damaged.png").write_bytes(bytes(data))
+    header_only, _ = _ingest(tmp_path, root)
+    assert "Fungi/damaged.png" in {e["path"] for e in header_only["entries"]}
+    full, _ = _ingest(tmp_path, root, full_decode=True)
+    assert {r["path"] for r in full["meta"]["rejected"]} == {"Fungi/damaged.png"}
+
+
+def test_folder_rules(tmp_path):
+    root = make_class_folders(tmp_path / "src", {"Aves": 2, "Plantae maybe": 2, "Mollusca_é": 2})
+    write_image(root / "loose.png", seed=70)
+    (root / "Empty").mkdir()
+    (root / ".hidden").mkdir()
+    write_image(root / ".hidden" / "x.png", seed=71)
+    write_image(root / "Aves" / ".DS_Store.png", seed=72)
+    write_image(root / "Aves" / "nested" / "deep.png", seed=73)
+    outside = write_image(tmp_path / "elsewhere" / "out.png", seed=74)
+    os.symlink(outside, root / "Aves" / "escape.png")
+    os.symlink(root / "Aves" / "img_000.png", root / "Aves" / "inside-link.png")
+    manifest, _ = _ingest(tmp_path, root)
+    paths = {e["path"] for e in manifest["entries"]}
+    assert "Aves/nested/deep.png" in paths and "Plantae maybe/img_000.png" in paths
+    assert "Mollusca_é/img_001.png" in paths
+    assert not any(".hidden" in p or ".DS_Store" in p for p in paths)
+    reasons = {r["path"]: r["reason"] for r in manifest["meta"]["rejected"]}
+    assert "not in a class folder" in reasons["loose.png"]
+    assert "empty class folder" in reasons["Empty/"]
+    assert "leaves the source folder" in reasons["Aves/escape.png"]
+    assert manifest["meta"]["classes"] == ["Aves", "Mollusca_é", "Plantae maybe"]
+    # The in-root symlink has the same content as its target: kept once, reported as a duplicate.
+    assert {"path": "Aves/inside-link.png", "same_as": "Aves/img_000.png"} in manifest["meta"]["duplicates"]
+
+
+def test_label_conflict_is_an_error_by_default_and_can_drop(tmp_path):
+    root = make_class_folders(tmp_path / "src", {"Aves": 3, "Insecta": 3})
+    shutil.copy(root / "Aves" / "img_000.png", root / "Insecta" / "same.png")
+    with pytest.raises(UserError, match=r"2 files carry the same content under different classes.*"
+                                        r"on_label_conflict: drop"):
+        _ingest(tmp_path, root)
+    manifest, _ = _ingest(tmp_path, root, on_label_conflict="drop")
+    paths = {e["path"] for e in manifest["entries"]}
+    assert "Aves/img_000.png" not in paths and "Insecta/same.png" not in paths
+    assert manifest["meta"]["class_counts"] == {"Aves": 2, "Insecta": 3}
+
+
+def test_folder_without_classes_or_images(tmp_path):
+    (tmp_path / "flat").mkdir()
+    write_image(tmp_path / "flat" / "a.png", seed=1)
+    with pytest.raises(UserError, match="no class folders with files"):
+        _ingest(tmp_path, tmp_path / "flat")
+    (tmp_path / "junk" / "Aves").mkdir(parents=True)
+    (tmp_path / "junk" / "Aves" / "a.jpg").write_text("nope")
+    with pytest.raises(UserError, match="no readable image"):
+        _ingest(tmp_path, tmp_path / "junk")
+    with pytest.raises(UserError, match="does not exist"):
+        _ingest(tmp_path, tmp_path / "missing")
