@@ -46,7 +46,7 @@ def cmd_stage(args) -> int:
         config.sections["ingest"]["source"] = args.source
     store = _store(config, create=args.command == "ingest")
     result = runner.execute(store, stage_module(args.command), config.params(args.command), force=args.force,
-                            aliases=args.alias, log=_logger(args), progress=not args.quiet)
+                            aliases=args.alias, log=_logger(args), progress=_progress(args))
     _say_result(result)
     return 0
 
@@ -60,7 +60,7 @@ def cmd_run(args) -> int:
     store = _store(config, create="ingest" in config.stages)
     for name in config.stages:
         result = runner.execute(store, stage_module(name), config.params(name), force=args.force,
-                                log=_logger(args), progress=not args.quiet)
+                                log=_logger(args), progress=_progress(args))
         _say_result(result)
     return 0
 
@@ -202,7 +202,7 @@ def cmd_report(args) -> int:
     if len(args.refs) > 1:
         config.sections["evaluate"].update(compare_with=args.refs[1], across=args.refs[2:])
     result = runner.execute(store, evaluate, config.params("evaluate"), force=args.force, log=_logger(args),
-                            progress=not args.quiet)
+                            progress=_progress(args))
     version = result.outputs[0]
     manifest = store.read_manifest(version.name, version.digest)
     out = Path(args.out or f"reports/{version.name}-v{version.v}.html")
@@ -250,6 +250,11 @@ def _store(config, create: bool = False):
     from lineage.store import Store
 
     return Store.open(config.store, create=create)
+
+
+def _progress(args) -> bool:
+    """Progress bars only for a person watching a terminal, never in CI logs."""
+    return not args.quiet and sys.stderr.isatty()
 
 
 def _logger(args):
