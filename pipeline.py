@@ -176,7 +176,7 @@ def cmd_table(args) -> int:
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     result = query_table(frame, filter=args.filter, sort=args.sort, descending=args.desc, group_by=args.group_by,
                          columns=columns, limit=args.limit)
-    print(format_table(result, args.format))
+    print(format_table(result, args.format), end="")
     return 0
 
 
@@ -185,7 +185,7 @@ def cmd_compare(args) -> int:
 
     comparison = compare_predictions(_predictions(args, args.ref_a), _predictions(args, args.ref_b),
                                      args.ref_a, args.ref_b, filter=args.filter)
-    print(format_comparison(comparison, args.format, limit=args.limit))
+    print(format_comparison(comparison, args.format, limit=args.limit), end="")
     return 0
 
 
