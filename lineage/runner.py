@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import importlib.metadata
 import json
 import os
 import platform
@@ -121,6 +120,9 @@ class StageContext:
 
     def has_object(self, digest: str) -> bool:
         return self.store.has_object(digest)
+
+    def link_file(self, path: str | os.PathLike, digest: str) -> bool:
+        return self.store.link_object(path, digest)
 
     def cache_dir(self, *parts: str) -> Path:
         """A folder under the store's cache/ (derived, disposable; shared between stages)."""
@@ -242,7 +244,7 @@ def outputs_intact(store: Store, version: Version) -> bool:
     if not path.exists():
         return False
     manifest = store.read_manifest(version.name, version.digest)
-    return all(store.has_object(d) for d in referenced_objects(manifest))
+    return not store.missing_objects(referenced_objects(manifest))
 
 
 def referenced_objects(manifest: dict) -> list[str]:
@@ -316,6 +318,8 @@ def _entry_count(manifest: dict) -> int:
 
 
 def _package_versions() -> dict:
+    import importlib.metadata  # 30 ms to import: only real runs need it, not cache hits
+
     versions = {}
     for name in RECORDED_PACKAGES:
         try:

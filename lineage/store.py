@@ -61,6 +61,7 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.graph_path = self.root / "lineage.json"
         self.lock_path = self.root / "lock"
+        self._objects_prefix = f"{self.objects_dir}/"
 
     # -- opening -----------------------------------------------------------------------
 
@@ -115,10 +116,26 @@ class Store:
     # -- objects -----------------------------------------------------------------------
 
     def object_path(self, digest: str) -> Path:
-        return self.objects_dir / digest[:2] / digest[2:]
+        return Path(self.object_file(digest))
+
+    def object_file(self, digest: str) -> str:
+        """The object's path as a string: the hot paths check 100,000 of these, and pathlib is slow."""
+        return f"{self._objects_prefix}{digest[:2]}/{digest[2:]}"
 
     def has_object(self, digest: str) -> bool:
-        return os.path.exists(self.object_path(digest))
+        return os.path.exists(self.object_file(digest))
+
+    def missing_objects(self, digests: list[str]) -> list[str]:
+        """Which of these objects are absent. For many, one listdir per prefix beats a stat per object."""
+        if len(digests) < 512:
+            return [d for d in digests if not self.has_object(d)]
+        present: set[str] = set()
+        for prefix in {d[:2] for d in digests}:
+            try:
+                present.update(prefix + name for name in os.listdir(f"{self._objects_prefix}{prefix}"))
+            except FileNotFoundError:
+                pass
+        return [d for d in digests if d not in present]
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> str:
         """Store a blob; returns its digest. An object already present is not rewritten.
@@ -127,14 +144,36 @@ class Store:
         a blob cut short by a power loss fails `verify`'s re-hash and ingest rewrites it.
         """
         digest = digest or sha256_bytes(data)
-        target = self.object_path(digest)
+        target = self.object_file(digest)
         if not os.path.exists(target):
-            staging = self.temp_path()
+            staging = f"{self.tmp_dir}/{uuid.uuid4().hex}"
             with open(staging, "wb") as handle:
                 handle.write(data)
-            target.parent.mkdir(exist_ok=True)
-            os.replace(staging, target)
+            self._rename_into_place(staging, target)
         return digest
+
+    @staticmethod
+    def _rename_into_place(staging: str, target: str) -> None:
+        try:
+            os.replace(staging, target)
+        except FileNotFoundError:  # the first object under this two-digit prefix; a mkdir per object costs more
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.replace(staging, target)
+
+    def link_object(self, path: str | os.PathLike, digest: str) -> bool:
+        """Store a file of known digest as a hard link (no bytes copied); False if it must be copied
+        (another filesystem, or links not allowed). Opt-in: editing the source file in place would
+        change the object too, which `verify` then reports."""
+        target = self.object_file(digest)
+        if os.path.exists(target):
+            return True
+        staging = f"{self.tmp_dir}/{uuid.uuid4().hex}"
+        try:
+            os.link(path, staging)
+        except OSError:
+            return False
+        self._rename_into_place(staging, target)
+        return True
 
     def put_file(self, path: str | os.PathLike) -> tuple[str, int]:
         """Store a file's content, hashing while copying; returns (digest, size)."""

@@ -68,7 +68,7 @@ def _check_manifests_and_runs(store: Store, report: Report) -> set[tuple[str, st
             continue
         manifest = json.loads(data)
         readable[(name, digest)] = manifest
-        missing = [d for d in referenced_objects(manifest) if not store.has_object(d)]
+        missing = store.missing_objects(referenced_objects(manifest))
         if missing:
             report.problems.append(f"manifest {name}@{digest[:12]} references {len(missing)} missing object(s), "
                                    f"first {missing[0][:12]}: re-run the stage that made it with --force")

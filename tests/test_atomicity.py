@@ -18,12 +18,12 @@ sys.path.insert(0, {project!r})
 target, when = int(sys.argv[1]), sys.argv[2]
 count = 0
 real_replace = os.replace
-def replace(src, dst):
+def replace(src, dst):  # counts renames that succeed (a first try may fail and be retried)
     global count
-    count += 1
-    if count == target and when == "before":
+    if count + 1 == target and when == "before":
         os.kill(os.getpid(), signal.SIGKILL)
     real_replace(src, dst)
+    count += 1
     if count == target and when == "after":
         os.kill(os.getpid(), signal.SIGKILL)
 os.replace = replace
