@@ -1,0 +1,38 @@
+"""Run every benchmark in bench/, one process each, and print where their figures went.
+
+    python bench/run_all.py [--quick]
+
+Each benchmark measures its baseline in the same run and writes bench/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ORDER = ("bench_ingest.py", "bench_table.py", "bench_evaluate.py", "bench_report.py", "bench_train.py")
+QUICK_ARGS = {"bench_ingest.py": ["--quick"], "bench_table.py": ["--rows", "20000"], "bench_train.py": ["--quick"]}
+
+
+def main() -> int:
+    quick = "--quick" in sys.argv[1:]
+    failed = []
+    for name in ORDER:
+        path = BENCH / name
+        if not path.exists():
+            continue
+        print(f"\n== {name} ==", flush=True)
+        start = time.perf_counter()
+        code = subprocess.run([sys.executable, str(path), *(QUICK_ARGS.get(name, []) if quick else [])], cwd=BENCH.parent).returncode
+        print(f"({name}: {time.perf_counter() - start:.0f} s, exit {code})", flush=True)
+        if code:
+            failed.append(name)
+    print(f"\nfigures: {BENCH / 'results'}/*.json" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
