@@ -1,0 +1,306 @@
+"""One self-contained report.html: metrics, plots, the prediction table and lineage.
+
+Everything is inline (CSS, JS, PNGs and thumbnails as data: URIs) and a
+Content-Security-Policy forbids any other load, so the file opens offline, can
+be mailed or attached to an artifact, and never phones home.
+
+The table is embedded once as JSON and drawn by report.js a page at a time, so a
+10,000-row report stays responsive; thumbnails sit in one id -> data: URI map and
+rows refer to them by id. Filtering uses report/static/query.js, the same filter
+language as `pipeline.py table --filter`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lineage.errors import UserError
+from report.metrics import SCORE_PREFIX, round_significant
+from report.query import quote
+
+STATIC_DIR = Path(__file__).parent / "static"
+SCRIPTS = ("query.js", "report.js")  # query.js first: report.js calls Query.compile
+CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
+                           "script-src 'unsafe-inline'")
+IMAGE_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif",
+               b"RIFF": "image/webp"}
+# Group-by choices: (group by this column, show the spread of that one within each group).
+GROUP_PAIRS = (("truth", "guess"), ("guess", "truth"), ("split", "truth"))
+COMPARISON_GROUP_PAIRS = (("truth", "guess_a"), ("guess_a", "guess_b"), ("guess_b", "guess_a"),
+                          ("correct_a", "correct_b"))
+DIGEST_SHOWN = 12
+# The drawn columns of a comparison table (report/compare.py's join_predictions).
+SIDE_BY_SIDE_SHARED = ("id", "path", "split", "truth")
+SIDE_BY_SIDE_PAIRED = ("guess", "confidence", "score_true", "correct")
+SIDE_BY_SIDE_AFTER = ("shift",)
+
+
+def render_report(*, title: str, metrics: dict, classes: list[str], plots: dict[str, bytes],
+                  table: pd.DataFrame, thumbnails: dict[str, bytes], lineage: list[dict],
+                  comparison: pd.DataFrame | None = None,
+                  comparison_labels: tuple[str, str] | None = None) -> str:
+    """The report as one HTML string; write it anywhere, it needs nothing beside it."""
+    labels = comparison_labels or ("A", "B")
+    tables = {"predictions": _table_payload(table, classes, _prediction_groups(table))}
+    sections = [
+        _metrics_section(metrics, classes),
+        _plots_section(plots),
+        _table_section("predictions", "Predictions", len(table), "",
+                       example=_example_filter(classes)),
+    ]
+    if comparison is not None:
+        tables["comparison"] = _table_payload(
+            comparison, classes, _comparison_groups(comparison),
+            display=_side_by_side(comparison), notes={"_a": labels[0], "_b": labels[1]})
+        caption = (f"The same images under two model versions: A = {_e(labels[0])} and "
+                   f"B = {_e(labels[1])}.{_accuracy_change(comparison)} "
+                   "Green rows: B right where A was wrong; red: the reverse.")
+        sections.append(_table_section("comparison", f"{labels[0]} vs {labels[1]}",
+                                       len(comparison), caption,
+                                       example='x["correct_a"] = true and x["correct_b"] = false'))
+    sections.append(_lineage_section(lineage))
+    shown_ids = {str(key) for frame in (table, comparison)
+                 if frame is not None and "id" in frame.columns for key in frame["id"]}
+    data = {"tables": tables,
+            "thumbnails": {key: _data_uri(value) for key, value in thumbnails.items()
+                           if key in shown_ids}}
+    return _page(title, "\n".join(sections), data)
+
+
+# ---------------------------------------------------------------- page
+
+
+def _page(title: str, body: str, data: dict) -> str:
+    css = _static("report.css")
+    scripts = "\n".join(f"<script>\n{_static(name)}\n</script>" for name in SCRIPTS)
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{_e(title)}</title>
+<style>
+{css}
+</style>
+</head>
+<body>
+<header><h1>{_e(title)}</h1>
+<nav><a href="#metrics">Metrics</a> <a href="#plots">Plots</a> <a href="#predictions-section">Predictions</a>{' <a href="#comparison-section">Comparison</a>' if "comparison" in data["tables"] else ""} <a href="#lineage">Lineage</a></nav>
+</header>
+<main>
+{body}
+</main>
+<script type="application/json" id="report-data">{_json_for_script(data)}</script>
+{scripts}
+</body>
+</html>
+"""
+
+
+def _static(name: str) -> str:
+    path = STATIC_DIR / name
+    if not path.exists():
+        raise UserError(f"report asset {path} is missing; the report needs it inlined")
+    # A literal </script> inside the code would end the inline <script> early.
+    return path.read_text(encoding="utf-8").replace("</script", "<\\/script")
+
+
+def _json_for_script(data) -> str:
+    """JSON that is safe inside <script>: '<' only ever occurs inside strings, so escape it."""
+    return json.dumps(data, ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":")).replace("<", "\\u003c")
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+# ---------------------------------------------------------------- sections
+
+
+def _metrics_section(metrics: dict, classes: list[str]) -> str:
+    cards = [("accuracy", _percent(metrics["accuracy"])),
+             (f"top-{metrics['top_k']} accuracy", _percent(metrics["top_k_accuracy"])),
+             ("labelled images", f"{metrics['labelled']:,}"),
+             ("unlabelled (excluded)", f"{metrics['unlabelled']:,}")]
+    card_html = "".join(f'<div class="card" data-metric="{_e(name)}"><div class="value">{value}'
+                        f'</div><div class="name">{_e(name)}</div></div>' for name, value in cards)
+    names = ("precision", "recall", "f1", "average_precision", "roc_auc")
+    headers = "".join(f"<th>{_e(name.replace('_', ' '))}</th>" for name in names)
+    averages = "".join(
+        f'<tr data-average="{kind}"><th>{kind}</th>'
+        + "".join(f"<td>{_number(metrics[kind][name])}</td>" for name in names) + "</tr>"
+        for kind in ("micro", "macro"))
+    per_class = "".join(
+        f'<tr data-class="{_e(name)}"><th>{_e(name)}</th>'
+        + "".join(f"<td>{_number(metrics['per_class'][name][key])}</td>" for key in names)
+        + f"<td>{metrics['per_class'][name]['support']:,}</td>"
+        + f"<td class=\"note\">{_e(metrics['per_class'][name].get('note', ''))}</td></tr>"
+        for name in classes)
+    return f"""<section id="metrics"><h2>Metrics</h2>
+<div class="cards">{card_html}</div>
+<h3>Averages</h3>
+<table id="averages" class="numbers"><thead><tr><th></th>{headers}</tr></thead><tbody>{averages}</tbody></table>
+<h3>Per class (one vs rest)</h3>
+<table id="per-class" class="numbers"><thead><tr><th>class</th>{headers}<th>support</th><th></th></tr></thead>
+<tbody>{per_class}</tbody></table>
+</section>"""
+
+
+def _plots_section(plots: dict[str, bytes]) -> str:
+    figures = "".join(
+        f'<figure data-plot="{_e(name)}"><img alt="{_e(_caption(name))}" src="{_data_uri(png)}">'
+        f"<figcaption>{_e(_caption(name))}</figcaption></figure>" for name, png in plots.items())
+    return f'<section id="plots"><h2>Plots</h2><div class="plots">{figures}</div></section>'
+
+
+def _table_section(name: str, heading: str, rows: int, caption: str, example: str) -> str:
+    """The controls and an empty table; report.js fills it from the embedded JSON."""
+    prefix = "" if name == "predictions" else "cmp-"
+    return f"""<section id="{name}-section" class="data-table" data-table="{name}" data-prefix="{prefix}">
+<h2>{_e(heading)}</h2>
+{f'<p class="caption">{caption}</p>' if caption else ""}
+<div class="controls">
+<label>Filter <input id="{prefix}filter" type="text" spellcheck="false" autocomplete="off"
+ placeholder="{_e(example)}"></label>
+<label>Group by <select id="{prefix}group-by"><option value="">(none)</option></select></label>
+<span id="{prefix}row-count" class="row-count" data-count="{rows}">{rows:,} rows</span>
+</div>
+<div id="{prefix}filter-error" class="filter-error" role="alert" hidden></div>
+<p class="columns-help">Columns: <span id="{prefix}columns"></span></p>
+<table id="{prefix}groups" class="groups" hidden><thead><tr><th></th><th>rows</th>
+<th>distribution</th></tr></thead><tbody></tbody></table>
+<div class="scroll"><table id="{name}" class="rows"><thead></thead><tbody></tbody></table></div>
+<button id="{prefix}show-more" type="button" hidden>Show more</button>
+</section>"""
+
+
+def _lineage_section(lineage: list[dict]) -> str:
+    refs = {str(entry.get("ref", "")) for entry in lineage}
+    rows = []
+    for entry in lineage:
+        ref = str(entry.get("ref", ""))
+        digest = str(entry.get("digest", ""))
+        inputs = " ".join(
+            f'<a href="#lineage-{_e(item)}">{_e(item)}</a>' if str(item) in refs else _e(item)
+            for item in entry.get("inputs", []))
+        extra = ", ".join(f"{_e(key)}={_e(value)}" for key, value in entry.items()
+                          if key not in ("ref", "digest", "made_by", "inputs"))
+        rows.append(f'<tr id="lineage-{_e(ref)}" data-ref="{_e(ref)}"><td>{_e(ref)}</td>'
+                    f'<td><code title="{_e(digest)}">{_e(digest[:DIGEST_SHOWN])}</code></td>'
+                    f"<td>{_e(entry.get('made_by', ''))}</td><td>{inputs}</td>"
+                    f"<td>{extra}</td></tr>")
+    body = "".join(rows) or '<tr><td colspan="5">no lineage recorded</td></tr>'
+    return f"""<section id="lineage"><h2>Lineage</h2>
+<table id="lineage-table"><thead><tr><th>artifact</th><th>digest</th><th>made by</th><th>inputs</th>
+<th></th></tr></thead><tbody>{body}</tbody></table></section>"""
+
+
+# ---------------------------------------------------------------- table data
+
+
+def _table_payload(frame: pd.DataFrame, classes: list[str], groups: list[tuple[str, str]],
+                   display: list[str] | None = None, notes: dict[str, str] | None = None) -> dict:
+    """Columns and rows as JSON-ready lists; missing values become null.
+
+    Every column goes into the rows, so the filter can use it; `display` picks the
+    ones drawn as table columns, and `notes` maps a column-name suffix to a small
+    line under its heading (the model version of a comparison's `_a`/`_b` columns).
+    """
+    columns = [str(column) for column in frame.columns]
+    values = [_json_column(frame[column]) for column in frame.columns]
+    rows = [list(row) for row in zip(*values)] if values else []
+    display = display or columns
+    notes = notes or {}
+    return {"columns": columns, "rows": rows, "display": display,
+            "notes": {column: note for column in display for suffix, note in notes.items()
+                      if column.endswith(suffix)},
+            "score_columns": [SCORE_PREFIX + name for name in classes
+                              if SCORE_PREFIX + name in columns],
+            "groups": [{"column": column, "other": other} for column, other in groups]}
+
+
+def _json_column(series: pd.Series) -> list:
+    if pd.api.types.is_bool_dtype(series.dtype):
+        return [None if pd.isna(value) else bool(value) for value in series.astype(object)]
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return [None if pd.isna(value) else int(value) for value in series.astype(object)]
+    if pd.api.types.is_float_dtype(series.dtype):
+        rounded = round_significant(series.to_numpy(dtype=np.float64, na_value=np.nan))
+        return [None if not np.isfinite(value) else value for value in rounded.tolist()]
+    return [None if _missing(value) else (value if isinstance(value, (str, int, float, bool))
+                                          else str(value)) for value in series.astype(object)]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def _prediction_groups(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return [(column, other) for column, other in GROUP_PAIRS
+            if column in frame.columns and other in frame.columns]
+
+
+def _comparison_groups(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return [(column, other) for column, other in COMPARISON_GROUP_PAIRS
+            if column in frame.columns and other in frame.columns]
+
+
+def _side_by_side(frame: pd.DataFrame) -> list[str]:
+    """A comparison's shared columns, then each per-model column with its A and B together.
+
+    Per-class scores stay out of the drawn table (they are still filterable).
+    """
+    columns = [str(column) for column in frame.columns]
+    paired = [column for base in SIDE_BY_SIDE_PAIRED for column in (f"{base}_a", f"{base}_b")
+              if column in columns]
+    if not paired:
+        return columns  # not a join_predictions table: draw it as it is
+    return ([column for column in SIDE_BY_SIDE_SHARED if column in columns] + paired
+            + [column for column in SIDE_BY_SIDE_AFTER if column in columns])
+
+
+def _accuracy_change(frame: pd.DataFrame) -> str:
+    """The caption's accuracy line for A and B, from the correct_a/_b columns."""
+    if "correct_a" not in frame.columns or "correct_b" not in frame.columns:
+        return ""
+    labelled = frame[frame["correct_a"].notna() & frame["correct_b"].notna()]
+    if labelled.empty:
+        return ""
+    a, b = (labelled[column].astype(float).mean() for column in ("correct_a", "correct_b"))
+    return (f" Accuracy over the {len(labelled):,} labelled images: A {a:.4f}, B {b:.4f} "
+            f"({b - a:+.4f}).")
+
+
+def _example_filter(classes: list[str]) -> str:
+    name = quote(classes[0] if classes else "cat")
+    return f'x["truth"] = {name} and x["guess"] != {name}'
+
+
+def _data_uri(content: bytes) -> str:
+    mime = next((mime for magic, mime in IMAGE_TYPES.items() if content.startswith(magic)), None)
+    if mime is None:
+        raise UserError(f"an image for the report is not PNG, JPEG, GIF or WebP "
+                        f"(starts with {content[:8]!r})")
+    return f"data:{mime};base64,{base64.b64encode(content).decode('ascii')}"
+
+
+def _caption(name: str) -> str:
+    return Path(name).stem.replace("_", " ")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def _number(value: float | None) -> str:
+    return '<span class="na" title="undefined: see the note">n/a</span>' if value is None \
+        else f"{value:.4f}"

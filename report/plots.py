@@ -1,0 +1,235 @@
+"""The report's plots, each drawn with matplotlib's Agg canvas and returned as PNG bytes.
+
+Bytes rather than files, so the same plot goes into report.html as a data: URI and
+into an eval artifact as a file (`save_plots`). Figures are built on an explicit
+`Figure` with no pyplot state, and matplotlib is imported only when a plot is
+drawn, so importing this module stays cheap for commands that never plot.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lineage.errors import UserError
+from report.metrics import SCORE_PREFIX, labelled_mask
+
+DPI = 100
+UNLABELLED_COLOUR = "#9e9e9e"
+
+
+def pr_curves(metrics: dict, classes: list[str]) -> bytes:
+    """One precision-recall curve per class, its average precision in the legend."""
+    _check_classes(classes, metrics["classes"])
+    figure, axes = _figure(6.4, 4.8)
+    for colour, name in zip(_class_colours(len(classes)), classes):
+        curve = metrics["curves"]["per_class"][name]["pr"]
+        if curve is None:
+            continue
+        ap = metrics["per_class"][name]["average_precision"]
+        axes.step(curve["recall"], curve["precision"], where="post", color=colour,
+                  linewidth=1.2, label=f"{name} (AP {ap:.3f})")
+    _finish_unit_axes(axes, "recall", "precision", "Precision-recall, one class vs rest")
+    return _png(figure)
+
+
+def roc_curves(metrics: dict, classes: list[str]) -> bytes:
+    """One ROC curve per class, its AUC in the legend, and the chance diagonal."""
+    _check_classes(classes, metrics["classes"])
+    figure, axes = _figure(6.4, 4.8)
+    axes.plot([0, 1], [0, 1], linestyle="--", color=UNLABELLED_COLOUR, linewidth=1, label="chance")
+    for colour, name in zip(_class_colours(len(classes)), classes):
+        curve = metrics["curves"]["per_class"][name]["roc"]
+        if curve is None:
+            continue
+        auc = metrics["per_class"][name]["roc_auc"]
+        axes.plot(curve["fpr"], curve["tpr"], color=colour, linewidth=1.2,
+                  label=f"{name} (AUC {auc:.3f})")
+    _finish_unit_axes(axes, "false positive rate", "true positive rate", "ROC, one class vs rest")
+    return _png(figure)
+
+
+def confusion_heatmap(metrics: dict, classes: list[str], normalised: bool) -> bytes:
+    """The confusion matrix over `classes` (in that order), each cell annotated."""
+    _check_classes(classes, metrics["classes"])
+    confusion = metrics["confusion"]
+    order = [confusion["classes"].index(name) for name in classes]
+    matrix = np.asarray(confusion["normalised" if normalised else "counts"], dtype=float)
+    matrix = matrix[np.ix_(order, order)]
+    side = max(4.0, 0.45 * len(classes) + 2.5)
+    figure, axes = _figure(side + 1.0, side)
+    image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalised else None)
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+    ticks = np.arange(len(classes))
+    axes.set_xticks(ticks, labels=classes, rotation=45, ha="right")
+    axes.set_yticks(ticks, labels=classes)
+    axes.set_xlabel("guess")
+    axes.set_ylabel("truth")
+    axes.set_title("Confusion matrix" + (" (row-normalised)" if normalised else " (counts)"))
+    if len(classes) <= 30:
+        _annotate_cells(axes, matrix, normalised)
+    return _png(figure)
+
+
+def ap_across_runs(points: list[dict], x_label: str) -> bytes:
+    """Micro-averaged AP of several prediction versions as a line against `x`.
+
+    `x` may be numbers (training-set size, epochs) or names (versions); names are
+    placed in the order given.
+    """
+    if not points:
+        raise UserError("ap_across_runs needs at least one point (x, ap, label)")
+    missing = [point for point in points if "x" not in point or "ap" not in point]
+    if missing:
+        raise UserError(f"each point needs 'x' and 'ap'; got {missing[0]}")
+    numeric = all(isinstance(point["x"], (int, float, np.number)) for point in points)
+    ordered = sorted(points, key=lambda point: point["x"]) if numeric else list(points)
+    xs = [point["x"] for point in ordered] if numeric else list(range(len(ordered)))
+    aps = [np.nan if point["ap"] is None else point["ap"] for point in ordered]
+    figure, axes = _figure(6.4, 4.0)
+    axes.plot(xs, aps, marker="o", color="tab:blue")
+    for x, ap, point in zip(xs, aps, ordered):
+        axes.annotate(str(point.get("label", "")), (x, ap), textcoords="offset points",
+                      xytext=(0, 7), ha="center", fontsize=8)
+    if not numeric:
+        axes.set_xticks(xs, labels=[str(point["x"]) for point in ordered])
+    axes.set_xlabel(x_label)
+    axes.set_ylabel("micro-averaged AP")
+    axes.set_title(f"Average precision by {x_label}")
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def score_scatter(frame: pd.DataFrame, class_x: str, class_y: str, classes: list[str]) -> bytes:
+    """score_<class_x> against score_<class_y> over the same images, coloured by true class."""
+    _check_classes([class_x, class_y], classes)
+    figure, axes = _figure(6.0, 5.0)
+    x = frame[SCORE_PREFIX + class_x].to_numpy(dtype=float)
+    y = frame[SCORE_PREFIX + class_y].to_numpy(dtype=float)
+    labelled = labelled_mask(frame)
+    truth = frame["truth"].astype(object).to_numpy()
+    if (~labelled).any():
+        axes.scatter(x[~labelled], y[~labelled], s=5, alpha=0.4, color=UNLABELLED_COLOUR,
+                     label="unlabelled", rasterized=True)
+    colours = dict(zip(classes, _class_colours(len(classes))))
+    # The pair itself is drawn last and strongest, so its confusions are not buried.
+    others = [name for name in classes if name not in (class_x, class_y)]
+    for name in others + [class_x, class_y]:
+        chosen = labelled & (truth == name)
+        if chosen.any():
+            axes.scatter(x[chosen], y[chosen], s=5, alpha=0.25 if name in others else 0.7,
+                         color=colours[name], label=name, rasterized=True)
+    axes.set_xlabel(f"score {class_x}")
+    axes.set_ylabel(f"score {class_y}")
+    axes.set_title(f"{class_x} vs {class_y} scores, coloured by truth")
+    axes.legend(fontsize=7, markerscale=2, loc="best")
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def class_distributions(frame: pd.DataFrame, class_a: str, class_b: str, bins: int = 30) -> bytes:
+    """Overlaid histograms of score_<class_a> and score_<class_b> over all rows."""
+    known = [column[len(SCORE_PREFIX):] for column in frame.columns
+             if column.startswith(SCORE_PREFIX)]
+    _check_classes([class_a, class_b], known)
+    return multi_histogram(frame[SCORE_PREFIX + class_a].to_numpy(dtype=float),
+                           frame[SCORE_PREFIX + class_b].to_numpy(dtype=float),
+                           (f"score {class_a}", f"score {class_b}"), bins)
+
+
+def multi_histogram(a, b, labels, bins: int = 30) -> bytes:
+    """Two overlaid histograms on shared bins, `a` in red and `b` in blue."""
+    if int(bins) < 1:
+        raise UserError(f"bins must be a positive number, got {bins}")
+    if len(labels) != 2:
+        raise UserError(f"multi_histogram needs two labels, got {list(labels)}")
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    values = np.concatenate([a, b])
+    edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=int(bins))
+    figure, axes = _figure(6.4, 4.0)
+    axes.hist(a, bins=edges, color="tab:red", alpha=0.5, label=str(labels[0]))
+    axes.hist(b, bins=edges, color="tab:blue", alpha=0.5, label=str(labels[1]))
+    axes.set_xlabel("score")
+    axes.set_ylabel("images")
+    axes.set_title(f"{labels[0]} vs {labels[1]}")
+    axes.legend()
+    return _png(figure)
+
+
+def standard_plots(metrics: dict) -> dict[str, bytes]:
+    """The plots every evaluation gets, by file name: PR, ROC and both confusion matrices."""
+    classes = metrics["classes"]
+    return {
+        "pr_curves.png": pr_curves(metrics, classes),
+        "roc_curves.png": roc_curves(metrics, classes),
+        "confusion_counts.png": confusion_heatmap(metrics, classes, normalised=False),
+        "confusion_normalised.png": confusion_heatmap(metrics, classes, normalised=True),
+    }
+
+
+def save_plots(plots: dict[str, bytes], directory: Path) -> list[Path]:
+    """Write each plot to `directory/<name>`; returns the paths written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, png in plots.items():
+        path = directory / name
+        path.write_bytes(png)
+        written.append(path)
+    return written
+
+
+def _check_classes(requested: list[str], known: list[str]) -> None:
+    unknown = [name for name in requested if name not in known]
+    if unknown:
+        raise UserError(f"unknown classes {unknown}; the classes are {list(known)}")
+
+
+def _class_colours(count: int) -> list:
+    from matplotlib import colormaps
+
+    if count <= 10:
+        return [colormaps["tab10"](index) for index in range(count)]
+    if count <= 20:
+        return [colormaps["tab20"](index) for index in range(count)]
+    return [colormaps["turbo"](value) for value in np.linspace(0.05, 0.95, count)]
+
+
+def _figure(width: float, height: float):
+    """A fresh Agg-backed figure and its one axes; no pyplot, so no global state."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _finish_unit_axes(axes, x_label: str, y_label: str, title: str) -> None:
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="best")
+
+
+def _annotate_cells(axes, matrix: np.ndarray, normalised: bool) -> None:
+    threshold = np.nanmax(matrix) / 2 if matrix.size else 0
+    size = 8 if len(matrix) <= 12 else 6
+    for row, col in np.ndindex(matrix.shape):
+        value = matrix[row, col]
+        text = f"{value:.2f}" if normalised else f"{int(value)}"
+        axes.text(col, row, text, ha="center", va="center", fontsize=size,
+                  color="white" if value > threshold else "black")
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()

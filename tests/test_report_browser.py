@@ -1,0 +1,236 @@
+"""report.html in a real browser: offline, filterable, groupable, no script errors.
+
+Drives Debian's /usr/bin/chromium through Playwright (no browser download). The
+filter is the real report/static/query.js, and its counts are checked against
+pandas on the same table.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from report.html import render_report
+from report.metrics import compute_metrics
+from report.plots import confusion_heatmap
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+CLASSES = ["cat", "dog", "fox", "owl"]
+ROWS = 300
+UNLABELLED = 20
+PAGE_SIZE = 100  # report.js renders this many rows, then "Show more"
+
+
+def _missing_browser() -> str | None:
+    if shutil.which(CHROMIUM) is None:
+        return f"{CHROMIUM} is not installed (apt-get install chromium)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright Python package is not installed (requirements-dev.txt)"
+    if not (ROOT / "report/static/query.js").exists():
+        return "report/static/query.js (the filter language) is not written yet"
+    return None
+
+
+if _missing_browser():
+    pytest.skip(_missing_browser(), allow_module_level=True)
+
+
+def _predictions() -> pd.DataFrame:
+    rng = np.random.default_rng(7)
+    truth = rng.integers(0, len(CLASSES), ROWS)
+    logits = rng.normal(size=(ROWS, len(CLASSES)))
+    logits[np.arange(ROWS), truth] += 1.2
+    scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    frame = pd.DataFrame({
+        "id": [f"{index:064x}" for index in range(ROWS)],
+        "path": [f"images/{CLASSES[label]}/{index}.jpg" for index, label in enumerate(truth)],
+        "split": np.where(np.arange(ROWS) % 5 == 0, "val", "test"),
+        "truth": np.asarray(CLASSES, dtype=object)[truth],
+        "guess": np.asarray(CLASSES, dtype=object)[scores.argmax(axis=1)],
+        "confidence": scores.max(axis=1),
+    })
+    frame.loc[frame.index[-UNLABELLED:], "truth"] = None
+    for index, name in enumerate(CLASSES):
+        frame[f"score_{name}"] = scores[:, index].astype(np.float32)
+    return frame
+
+
+def _thumbnail(index: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), (index * 7 % 256, index * 13 % 256, 90)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def _comparison(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` joined with a model B that guesses every fourth image differently."""
+    from report.compare import join_predictions
+
+    other = frame.copy()
+    changed = np.arange(len(frame)) % 4 == 0
+    other.loc[changed, "guess"] = np.roll(frame["guess"].to_numpy(), 3)[changed]
+    joined, _ = join_predictions(frame, other, "model:v1", "model:v2")
+    return joined
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """The rendered report open in Chromium, with every request and console error recorded."""
+    from playwright.sync_api import sync_playwright
+
+    frame = _predictions()
+    metrics = compute_metrics(frame, CLASSES)
+    html = render_report(
+        title="Report <test>", metrics=metrics, classes=CLASSES,
+        plots={"confusion_counts.png": confusion_heatmap(metrics, CLASSES, normalised=False)},
+        table=frame, thumbnails={key: _thumbnail(index) for index, key in enumerate(frame["id"])},
+        lineage=[{"ref": "predictions:v3", "digest": "ab" * 32, "made_by": "infer",
+                  "inputs": ["model:v2", "split:v1"]},
+                 {"ref": "model:v2", "digest": "cd" * 32, "made_by": "train", "inputs": ["split:v1"]}],
+        comparison=_comparison(frame), comparison_labels=("model:v1", "model:v2"))
+    path = tmp_path_factory.mktemp("report") / "report.html"
+    path.write_text(html, encoding="utf-8")
+
+    requests, problems = [], []
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("console", lambda message: problems.append(message.text)
+                if message.type in ("error", "warning") else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.route("**/*", lambda route: route.continue_() if route.request.url == path.as_uri()
+                   else route.abort())
+        page.goto(path.as_uri())
+        page.wait_for_selector("#predictions tbody tr")
+        yield {"page": page, "frame": frame, "html": html, "url": path.as_uri(),
+               "requests": requests, "problems": problems}
+        browser.close()
+
+
+def _set_filter(page, text: str) -> None:
+    page.fill("#filter", text)
+
+
+def _shown_count(page) -> int:
+    return int(page.get_attribute("#row-count", "data-count"))
+
+
+def test_makes_no_request_but_the_file_itself(report):
+    others = [url for url in report["requests"] if url != report["url"] and not url.startswith("data:")]
+    assert others == []
+    assert report["requests"][0] == report["url"]
+
+
+def test_opens_without_console_errors(report):
+    assert report["problems"] == []
+    assert report["page"].title() == "Report <test>"
+
+
+def test_filter_count_matches_pandas(report):
+    page, frame = report["page"], report["frame"]
+    _set_filter(page, 'x["truth"] = "cat" and x["guess"] != "cat"')
+    expected = int(((frame["truth"] == "cat") & (frame["guess"] != "cat")).sum())
+    assert 0 < expected < ROWS
+    assert _shown_count(page) == expected
+    assert page.locator("#predictions tbody tr").count() == min(expected, PAGE_SIZE)
+    assert page.is_hidden("#filter-error")
+
+    _set_filter(page, 'x["confidence"] >= 0.5 or x["split"] = "val"')
+    expected = int(((frame["confidence"] >= 0.5) | (frame["split"] == "val")).sum())
+    assert _shown_count(page) == expected
+
+
+def test_group_by_truth_counts_each_group(report):
+    page, frame = report["page"], report["frame"]
+    _set_filter(page, "")
+    page.select_option("#group-by", "truth")
+    shown = {row.get_attribute("data-group"): int(row.locator("td.count").inner_text())
+             for row in page.locator("#groups tbody tr").all()}
+    expected = frame["truth"].fillna("").value_counts().to_dict()
+    assert shown == expected
+    assert shown[""] == UNLABELLED
+
+    _set_filter(page, 'x["guess"] = "dog"')  # groups follow the filter
+    shown = {row.get_attribute("data-group"): int(row.locator("td.count").inner_text())
+             for row in page.locator("#groups tbody tr").all()}
+    assert shown == frame.loc[frame["guess"] == "dog", "truth"].fillna("").value_counts().to_dict()
+    page.select_option("#group-by", "")
+    assert page.is_hidden("#groups")
+
+
+def test_invalid_filter_shows_the_column(report):
+    from report.query import QuerySyntaxError, parse
+
+    page = report["page"]
+    _set_filter(page, 'x["truth"] = "cat"')
+    before = _shown_count(page)
+    bad = 'x["truth"] = "cat" and x["guess"] !'
+    with pytest.raises(QuerySyntaxError) as python_error:
+        parse(bad)
+    _set_filter(page, bad)
+    assert page.is_visible("#filter-error")
+    assert page.get_attribute("#filter-error", "data-column") == str(python_error.value.column)
+    assert f"column {python_error.value.column}" in page.inner_text("#filter-error")
+    assert _shown_count(page) == before  # the last good result stays
+    _set_filter(page, "")
+    assert page.is_hidden("#filter-error")
+
+
+def test_sorts_by_a_clicked_header(report):
+    page, frame = report["page"], report["frame"]
+    _set_filter(page, "")
+    header = page.locator('#predictions th[data-column="confidence"]')
+    header.click()
+    header.click()  # second click: descending
+    assert header.get_attribute("aria-sort") == "descending"
+    first = page.locator("#predictions tbody tr").first.get_attribute("data-id")
+    assert first == frame.loc[frame["confidence"].idxmax(), "id"]
+
+
+def test_pages_rows_and_shares_thumbnails(report):
+    page, frame, html = report["page"], report["frame"], report["html"]
+    _set_filter(page, "")
+    assert page.locator("#predictions tbody tr").count() == PAGE_SIZE
+    while page.is_visible("#show-more"):
+        page.click("#show-more")
+    assert page.locator("#predictions tbody tr").count() == ROWS
+    assert page.is_hidden("#show-more")
+    assert page.locator("#predictions img.thumbnail").count() == ROWS
+    sample = page.get_attribute("#predictions img.thumbnail", "src")
+    assert sample.startswith("data:image/jpeg;base64,")
+    assert html.count(sample.split(",", 1)[1]) == 1  # embedded once, looked up by id
+
+
+def test_comparison_is_side_by_side_and_filterable(report):
+    page = report["page"]
+    comparison = _comparison(report["frame"])
+    assert "model:v1 vs model:v2" in page.inner_text("#comparison-section h2")
+    headers = page.locator("#comparison thead th[data-column]")
+    names = [headers.nth(index).get_attribute("data-column") for index in range(headers.count())]
+    assert names[names.index("guess_a") + 1] == "guess_b"
+    assert "score_cat_a" not in names  # drawn columns only; still filterable below
+    assert "model:v2" in page.inner_text('#comparison th[data-column="guess_b"]')
+    page.fill("#cmp-filter", 'x["correct_a"] = true and x["correct_b"] = false and x["score_cat_b"] >= 0')
+    broke = (comparison["correct_a"] == True) & (comparison["correct_b"] == False)  # noqa: E712
+    assert int(page.get_attribute("#cmp-row-count", "data-count")) == int(broke.sum()) > 0
+    assert page.locator("#comparison tbody tr.broken").count() == int(broke.sum())
+
+
+def test_lineage_is_shown(report):
+    page = report["page"]
+    assert page.locator("#lineage-table tbody tr").count() == 2
+    assert page.get_attribute('#lineage-table tr[data-ref="predictions:v3"] a', "href") == "#lineage-model:v2"
