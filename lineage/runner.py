@@ -258,19 +258,25 @@ def referenced_objects(manifest: dict) -> list[str]:
     return digests
 
 
+REF = {"cache": False}  # metadata for a Params field that names an input version: the key holds its digest
+
+
 def cache_params(params: Any) -> dict:
-    """The params that define a run's result; fields marked cache=False (workers, progress) are left out."""
+    """The params that define a run's result. Fields marked cache=False are left out: workers and
+    verbosity change nothing, and input references (`split:latest` or `split:v3`) count by the
+    digest they resolve to, which the key already holds."""
     if not dataclasses.is_dataclass(params):
         return params
     return {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.metadata.get("cache", True)}
 
 
 def code_digest(paths: tuple[str, ...]) -> str:
-    """sha256 over the stage's source files (folders expand to their *.py files)."""
+    """sha256 over the stage's source files (folders expand to every file but caches: .js and .css too)."""
     digest_parts = []
     for relative in paths:
         path = PROJECT_ROOT / relative
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        files = sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts) \
+            if path.is_dir() else [path]
         for file in files:
             digest_parts.append([str(file.relative_to(PROJECT_ROOT)), sha256_file(file)])
     return sha256_bytes(canonical_json(digest_parts))

@@ -8,13 +8,14 @@ and plot across, and the lineage of what is shown. No TensorFlow.
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lineage.errors import UserError
-from lineage.runner import Artifact, Output, StageContext
+from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "evaluate"
 OUTPUT = "eval"
@@ -24,9 +25,9 @@ ACROSS_X = ("version", "train_images", "epochs")
 
 @dataclass
 class Params:
-    input: str = "predictions:latest"
-    compare_with: str | None = None  # a second predictions version for the side-by-side view
-    across: list = field(default_factory=list)  # more predictions versions for the AP-across-runs line
+    input: str = field(default="predictions:latest", metadata=REF)
+    compare_with: str | None = field(default=None, metadata=REF)  # a second version, shown side by side
+    across: list = field(default_factory=list, metadata=REF)  # more versions for the AP-across-runs line
     across_x: str = "version"  # version, train_images or epochs
     scatter: list | None = None  # [class_x, class_y]; default: the most confused pair
     histogram: list | None = None  # [class_a, class_b]; default: the scatter's pair
@@ -61,10 +62,10 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     main = inputs["predictions"]
     classes = main.manifest["meta"]["classes"]
     table = read_predictions(main)
-    metrics = compute_metrics(table, classes, top_k=params.top_k)
-    if not metrics["labelled"]:
+    if not table["truth"].notna().any():
         raise UserError(f"{main.ref} has no labelled rows (predictions on a plain folder): there is nothing to "
                         "score; use `pipeline.py table` to look at its guesses")
+    metrics = compute_metrics(table, classes, top_k=params.top_k)
     pair = params.scatter or most_confused_pair(metrics)
     images = {name: png for name, png in plots.standard_plots(metrics).items()}
     images["score_scatter.png"] = plots.score_scatter(table, pair[0], pair[1], classes)
@@ -84,7 +85,11 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
                          table=table, thumbnails=thumbnails(main, table["id"].tolist(), params, ctx),
                          lineage=lineage_of(main), comparison=comparison, comparison_labels=labels)
 
-    files = {"metrics.json": ctx.put_blob(json.dumps(metrics).encode()), "report.html": ctx.put_blob(html.encode())}
+    # Full-resolution curves are millions of points at 100,000 rows: kept, but apart from the summary.
+    curves = metrics.pop("curves")
+    files = {"metrics.json": ctx.put_blob(json.dumps(metrics, indent=1).encode()),
+             "curves.json.gz": ctx.put_blob(gzip.compress(json.dumps(curves).encode(), compresslevel=3, mtime=0)),
+             "report.html": ctx.put_blob(html.encode())}
     files.update({name: ctx.put_blob(png) for name, png in images.items()})
     summary = {"accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],
                "macro_f1": metrics["macro"]["f1"], "micro_ap": metrics["micro"]["average_precision"],

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lineage.errors import UserError
-from lineage.runner import Artifact, Output, StageContext
+from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "infer"
 OUTPUT = "predictions"
@@ -22,8 +22,8 @@ CODE = ("stages/infer.py", "stages/images.py", "stages/train.py", "models/")
 
 @dataclass
 class Params:
-    model: str = "model:latest"
-    split: str = "split:latest"
+    model: str = field(default="model:latest", metadata=REF)
+    split: str = field(default="split:latest", metadata=REF)
     on: str = "test"  # which part of the split: train, val or test
     folder: str | None = None  # a folder of images instead of a split (truth left empty)
     batch_size: int = 64

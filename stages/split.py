@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from lineage.display import format_counts
 from lineage.errors import UserError
-from lineage.runner import Artifact, Output, StageContext
+from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "split"
 OUTPUT = "split"
@@ -24,7 +24,7 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass
 class Params:
-    input: str = "raw-data:latest"
+    input: str = field(default="raw-data:latest", metadata=REF)
     per_class: dict = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     balanced: bool = True
     allow_small_classes: bool = False

@@ -14,7 +14,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from lineage.errors import UserError
-from lineage.runner import Artifact, Output, StageContext
+from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "train"
 OUTPUT = "model"
@@ -23,7 +23,7 @@ CODE = ("stages/train.py", "stages/images.py", "models/")
 
 @dataclass
 class Params:
-    input: str = "split:latest"
+    input: str = field(default="split:latest", metadata=REF)
     backbone: str = "efficientnet_lite0"
     weights: str | None = "imagenet"  # imagenet, none, or a local weights file
     image_size: int | None = None  # None: the backbone's own size (224 for efficientnet_lite0)
