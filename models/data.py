@@ -1,0 +1,298 @@
+"""From image files to batches: decode once, cache the pixels, stream them to Keras.
+
+Each split is decoded and resized once, into a uint8 array on disk that later epochs and
+later runs memory-map instead of decoding again: the frozen-backbone phase then costs one
+forward pass per image in all, and a rerun with other training parameters decodes nothing.
+
+Pillow does the decoding because the store's images come in every format users have
+(TensorFlow's decode_image reads neither WebP nor TIFF), in a thread pool because Pillow
+releases the GIL while decoding and resizing. bench/bench_train.py has the figures against
+tf.io.decode_image: on large photos Pillow is faster (JPEG draft mode decodes at a reduced
+scale); on 500 px JPEGs at 224 px TF is faster, as its resize does no antialiasing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from lineage.errors import UserError
+
+RESIZE_MODES = ("resize", "crop", "pad")
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+AUGMENTATION_KEYS = ("flip", "rotation", "zoom", "contrast")
+CACHE_FORMAT = 1  # bump when the decoded pixels would change for the same inputs
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """A split's pixels, with the images that could not be read left out and named."""
+
+    images: np.ndarray  # (K, S, S, 3) uint8; memory-mapped when it came from the cache
+    kept: np.ndarray  # (K,) int64: the index in the input paths of each row of images
+    failures: list[tuple[int, str, str]]  # (index, path, reason) for each skipped image
+
+
+def progress_enabled(progress: bool | None) -> bool:
+    """Progress bars are on when asked for, or by default when a person watches stderr."""
+    return sys.stderr.isatty() if progress is None else progress
+
+
+# ---------------------------------------------------------------------------------------
+# one image
+
+
+def load_rgb(path: str, size_hint: int | None = None) -> Image.Image:
+    """Open any image Pillow reads as 8-bit RGB: first frame, alpha dropped, 16-bit scaled."""
+    with Image.open(path) as img:
+        if size_hint and img.format == "JPEG":
+            img.draft("RGB", (size_hint, size_hint))  # DCT-domain downscale: much faster
+        img.load()
+        return _to_rgb(img)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        pixels = np.asarray(img, dtype=np.float64)
+        if img.mode.startswith("I;16") or pixels.max(initial=0) > 255:
+            pixels = pixels / 257.0  # 16-bit range onto 8-bit
+        img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA")  # palette transparency must go through RGBA
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def fit_to_square(img: Image.Image, size: int, resize_mode: str) -> np.ndarray:
+    """Resize to (size, size): stretch, centre-crop the long side, or letterbox with zeros."""
+    check_resize_mode(resize_mode)
+    width, height = img.size
+    if resize_mode == "resize":
+        out = img.resize((size, size), Image.BILINEAR)
+    elif resize_mode == "crop":
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        out = img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    else:  # pad
+        scale = size / max(width, height)
+        new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+        out = Image.new("RGB", (size, size))
+        out.paste(img.resize((new_w, new_h), Image.BILINEAR), ((size - new_w) // 2, (size - new_h) // 2))
+    return np.asarray(out, dtype=np.uint8)
+
+
+def check_resize_mode(resize_mode: str) -> None:
+    if resize_mode not in RESIZE_MODES:
+        raise UserError(f"resize mode {resize_mode!r} is unknown; use one of {', '.join(RESIZE_MODES)}")
+
+
+def decode_one(path: str, image_size: int, resize_mode: str) -> np.ndarray:
+    """One file to a (S, S, 3) uint8 array; raises whatever Pillow raises on a bad file."""
+    return fit_to_square(load_rgb(path, image_size), image_size, resize_mode)
+
+
+# ---------------------------------------------------------------------------------------
+# a split, with its on-disk cache
+
+
+def decode_images(
+    paths: list[str],
+    image_size: int,
+    resize_mode: str = "resize",
+    cache_file: str | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> DecodedImages:
+    """Decode and resize every path, reusing `cache_file` (a .npy the caller keys) if present.
+
+    A file that cannot be decoded is skipped and listed in `failures`, never raised: one
+    corrupt download should not cost a user their training run.
+    """
+    check_resize_mode(resize_mode)
+    if not cache_file:
+        pixels = np.empty((len(paths), image_size, image_size, 3), np.uint8)
+        failures = _decode_into(pixels, paths, image_size, resize_mode, workers, progress)
+        kept = _kept_indices(len(paths), failures)
+        return DecodedImages(pixels[kept] if failures else pixels, kept, failures)
+    meta = {"format": CACHE_FORMAT, "count": len(paths), "image_size": image_size, "resize_mode": resize_mode}
+    cached = _load_cache(cache_file, meta)
+    if cached is None:
+        _decode_to_cache(paths, cache_file, meta, workers, progress)
+        cached = _load_cache(cache_file, meta)
+        assert cached is not None, f"cache {cache_file} unreadable right after writing it"
+    return cached
+
+
+def _kept_indices(count: int, failures: list[tuple[int, str, str]]) -> np.ndarray:
+    return np.setdiff1d(np.arange(count), [f[0] for f in failures]).astype(np.int64)
+
+
+def _decode_into(pixels, paths, image_size, resize_mode, workers, progress) -> list[tuple[int, str, str]]:
+    def decode_row(index: int) -> tuple[int, str, str] | None:
+        try:
+            pixels[index] = decode_one(paths[index], image_size, resize_mode)
+            return None
+        except Exception as exc:  # any unreadable file is a skip, whatever Pillow raised
+            return index, paths[index], f"{type(exc).__name__}: {exc}"
+
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        results = pool.map(decode_row, range(len(paths)))
+        bar = tqdm(results, total=len(paths), desc="decode", unit="img", disable=not progress_enabled(progress))
+        return [failure for failure in bar if failure is not None]
+
+
+def _decode_to_cache(paths, cache_file, meta, workers, progress) -> None:
+    """Decode straight into a temporary .npy, then rename it and its sidecar into place.
+
+    The sidecar (which names the failures) lands last, so a crash leaves no cache at all
+    rather than a half-written one.
+    """
+    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
+    size = meta["image_size"]
+    tmp_files = [f"{cache_file}.{uuid.uuid4().hex}.tmp" for _ in range(2)]
+    try:
+        pixels = np.lib.format.open_memmap(tmp_files[0], "w+", np.uint8, (len(paths), size, size, 3))
+        failures = _decode_into(pixels, paths, size, meta["resize_mode"], workers, progress)
+        if failures:  # rare: copy the good rows into a file of the right length
+            kept = _kept_indices(len(paths), failures)
+            compact = np.lib.format.open_memmap(tmp_files[1], "w+", np.uint8, (len(kept), size, size, 3))
+            for start in range(0, len(kept), 256):
+                compact[start : start + 256] = pixels[kept[start : start + 256]]
+            pixels, tmp_files = compact, tmp_files[::-1]
+        pixels.flush()
+        del pixels
+        with open(tmp_files[0], "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_files[0], cache_file)
+        _write_json_atomic(f"{cache_file}.json", dict(meta, failures=[list(f) for f in failures]))
+    finally:
+        for tmp in tmp_files:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _load_cache(cache_file: str, meta: dict[str, Any]) -> DecodedImages | None:
+    """The cached split if both files are there and describe these inputs, else None."""
+    try:
+        with open(f"{cache_file}.json") as f:
+            sidecar = json.load(f)
+        images = np.load(cache_file, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if any(sidecar.get(key) != value for key, value in meta.items()):
+        return None
+    failures = [(int(i), str(p), str(r)) for i, p, r in sidecar["failures"]]
+    kept = _kept_indices(meta["count"], failures)
+    if images.shape != (len(kept), meta["image_size"], meta["image_size"], 3) or images.dtype != np.uint8:
+        return None
+    return DecodedImages(images, kept, failures)
+
+
+def _write_json_atomic(path: str, data: Any) -> None:
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_array_atomic(path: str, array: np.ndarray) -> None:
+    """np.save through a temporary file, so a reader never sees half an array."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp.npy"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------------------
+# batches for Keras
+
+
+def make_dataset(
+    array: np.ndarray,
+    labels: np.ndarray | None = None,
+    batch_size: int = 32,
+    shuffle: bool = False,
+    seed: int = 0,
+    augment: Any = None,
+):
+    """Batches of float32 rows of `array` (images or features), with labels when given.
+
+    The pipeline shuffles indices and gathers each batch from the (possibly memory-mapped)
+    array, so a split larger than memory streams from the page cache and nothing is copied
+    into the graph. The same seed gives the same order for images and for their cached
+    features, which is what makes the two head-training paths agree.
+    """
+    import tensorflow as tf
+
+    count = len(array)
+    if labels is not None and len(labels) != count:
+        raise ValueError(f"{count} rows but {len(labels)} labels")
+    indices = tf.data.Dataset.range(count)
+    if shuffle:
+        indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+    row_shape = tuple(array.shape[1:])
+    label_table = None if labels is None else tf.constant(np.asarray(labels, dtype=np.int32))
+
+    def gather(batch_indices):
+        rows = tf.numpy_function(lambda i: np.asarray(array[i]), [batch_indices], tf.as_dtype(array.dtype))
+        rows = tf.cast(tf.ensure_shape(rows, (None,) + row_shape), tf.float32)
+        if label_table is None:
+            return rows
+        return rows, tf.gather(label_table, batch_indices)
+
+    dataset = indices.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:
+        dataset = dataset.map(lambda x, *y: (augment(x, training=True), *y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def build_augmentation(cfg: dict | None, seed: int = 0):
+    """A keras.Sequential of random layers from plain config, or None when all are off.
+
+    It is applied in the training dataset only, never saved into the model, so inference
+    needs nothing to switch it off.
+    """
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(AUGMENTATION_KEYS))
+    if unknown:
+        raise UserError(f"augmentation: unknown key(s) {', '.join(unknown)}; known: {', '.join(AUGMENTATION_KEYS)}")
+    import keras
+
+    steps = []
+    flip = cfg.get("flip")
+    if flip is True:
+        flip = "horizontal"
+    if flip not in (None, False, "", "none"):
+        if flip not in FLIP_MODES:
+            raise UserError(f"augmentation.flip {flip!r} is unknown; use one of {', '.join(FLIP_MODES)} or none")
+        steps.append(keras.layers.RandomFlip(flip, seed=seed))
+    factories = {
+        "rotation": keras.layers.RandomRotation,
+        "zoom": keras.layers.RandomZoom,
+        "contrast": keras.layers.RandomContrast,
+    }
+    for offset, (key, layer) in enumerate(factories.items(), start=1):
+        amount = cfg.get(key) or 0
+        if not isinstance(amount, (int, float)) or isinstance(amount, bool) or not 0 <= amount < 1:
+            raise UserError(f"augmentation.{key} must be a number in [0, 1), got {amount!r}")
+        if amount:
+            steps.append(layer(amount, seed=seed + offset))
+    return keras.Sequential(steps, name="augmentation") if steps else None

@@ -1,0 +1,279 @@
+"""The two-phase fine-tune of keras-io's transfer-learning guide, as one function.
+
+Phase 1 trains the new head on a frozen backbone. While the backbone is frozen and no
+augmentation changes the pixels, every epoch would compute the same features again, so
+they are computed once (and kept on disk for the next run) and the head is fitted on them:
+the same gradient steps, at a fraction of the cost. Phase 2 unfreezes the top of the
+backbone, keeps BatchNorm frozen in inference mode, and fine-tunes at a small learning rate.
+
+The caller builds the extractor and head (models.backbones) and does all store I/O; this
+module only trains, checkpointing the best validation epoch to the path it is given.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from lineage.errors import UserError
+from models.data import build_augmentation, make_dataset, save_array_atomic
+
+LOSS = "sparse_categorical_crossentropy"
+MONITOR = "val_accuracy"
+REDUCE_LR_FACTOR = 0.2
+MIN_LR = 1e-7
+
+
+@dataclass
+class TrainConfig:
+    """Training parameters as plain data; a stage builds it from the YAML `train:` block."""
+
+    epochs_head: int
+    epochs_finetune: int
+    batch_size: int = 32
+    lr_head: float = 1e-3
+    lr_finetune: float = 1e-5
+    unfreeze: int | str = 0  # top backbone layers to train, or the first one's name; 0 skips phase 2
+    dropout: float = 0.2  # read by the caller when it builds the head
+    early_stopping_patience: int | None = 3  # None: never stop early
+    reduce_lr_patience: int | None = 2  # None: never lower the learning rate
+    seed: int = 0
+    augmentation: dict = field(default_factory=dict)  # models.data.build_augmentation keys
+    use_feature_cache: bool = True
+    tensorboard_dir: str | None = None
+    verbose: int = 1  # Keras progress output: 0 silent, 1 bar, 2 one line per epoch
+
+
+@dataclass
+class TrainResult:
+    model: Any  # the composed classifier (uncompiled), best validation weights restored
+    history: list[dict[str, Any]]  # one dict per epoch: phase, epoch, loss, accuracy, val_loss, val_accuracy, lr
+    best: dict[str, Any]  # val_accuracy, val_loss, epoch, phase of the epoch whose weights were kept
+
+
+def train_two_phase(
+    extractor,
+    head,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    cfg: TrainConfig,
+    checkpoint_path: str,
+    feature_cache_dir: str | None = None,
+    log: Callable[[str], None] = print,
+    build_classifier: Callable | None = None,
+) -> TrainResult:
+    """Fit head then top of backbone; return the classifier with its best validation weights.
+
+    `feature_cache_dir` must be keyed by the caller on everything the features depend on
+    (split, backbone and weights, image size, resize mode). `build_classifier` defaults to
+    models.backbones.build_classifier.
+    """
+    _check_inputs(train_images, train_labels, val_images, val_labels, cfg, checkpoint_path, head)
+    if _finetunes(cfg):
+        _backbone_cut(extractor, cfg.unfreeze)  # a misspelt layer name fails now, not after phase 1
+    if build_classifier is None:
+        from models.backbones import build_classifier
+    keras.utils.set_random_seed(cfg.seed)
+    classifier = build_classifier(extractor, head)
+    augment = build_augmentation(cfg.augmentation, seed=cfg.seed)
+    checkpoint = _BestCheckpoint(classifier, checkpoint_path)
+    history: list[dict[str, Any]] = []
+
+    train, val = (train_images, train_labels), (val_images, val_labels)
+
+    extractor.trainable = False
+    if cfg.epochs_head > 0:
+        if cfg.use_feature_cache and augment is None:
+            log("head: fitting on cached backbone features (frozen backbone, no augmentation)")
+            features = {
+                split: (_features(extractor, images, cfg.batch_size, feature_cache_dir, split, log), labels)
+                for split, (images, labels) in (("train", train), ("val", val))
+            }
+            _compile(head, cfg.lr_head)
+            _fit(head, "head", features["train"], features["val"], None, cfg.epochs_head, cfg, checkpoint, history)
+        else:
+            log("head: fitting on images (frozen backbone)")
+            _compile(classifier, cfg.lr_head)
+            _fit(classifier, "head", train, val, augment, cfg.epochs_head, cfg, checkpoint, history)
+
+    if _finetunes(cfg):
+        log(f"finetune: {unfreeze_top(extractor, cfg.unfreeze)}")
+        _compile(classifier, cfg.lr_finetune)
+        _fit(classifier, "finetune", train, val, augment, cfg.epochs_finetune, cfg, checkpoint, history)
+
+    classifier.set_weights(checkpoint.best_weights)  # the best epoch of either phase
+    best = _best_epoch(history)
+    log(f"best: epoch {best['epoch']} ({best['phase']}), val_accuracy {best['val_accuracy']:.4f}")
+    # A fresh, uncompiled model over the same layers, so saving it stores no optimizer state.
+    final = keras.Model(classifier.inputs, classifier.outputs, name=classifier.name)
+    return TrainResult(model=final, history=history, best=best)
+
+
+def _finetunes(cfg: TrainConfig) -> bool:
+    return cfg.epochs_finetune > 0 and cfg.unfreeze not in (0, None, "")
+
+
+def _check_inputs(train_images, train_labels, val_images, val_labels, cfg, checkpoint_path, head) -> None:
+    if train_images is None or len(train_images) == 0:
+        raise UserError("train: the training split is empty; add images or change the split ratios")
+    if val_images is None or len(val_images) == 0 or val_labels is None or len(val_labels) == 0:
+        raise UserError("train: the validation split is empty; give the split a val fraction (e.g. val: 0.15)")
+    if len(train_images) != len(train_labels) or len(val_images) != len(val_labels):
+        raise ValueError("images and labels differ in length")
+    num_classes = head.output_shape[-1]
+    for name, labels in (("train", train_labels), ("val", val_labels)):
+        if np.min(labels) < 0 or np.max(labels) >= num_classes:
+            raise ValueError(f"{name} labels outside 0..{num_classes - 1}")
+    if not (checkpoint_path.endswith(".keras") or checkpoint_path.endswith(".weights.h5")):
+        raise UserError(f"checkpoint path {checkpoint_path!r} must end in .keras or .weights.h5")
+    if cfg.batch_size < 1:
+        raise UserError(f"train.batch_size must be at least 1, got {cfg.batch_size}")
+    if cfg.epochs_head <= 0 and not _finetunes(cfg):
+        raise UserError("train: nothing to train; set epochs_head > 0, or epochs_finetune > 0 with unfreeze")
+
+
+def _features(extractor, images, batch_size, cache_dir, split, log) -> np.ndarray:
+    """The frozen backbone's features of every image: from the disk cache, or computed once."""
+    path = os.path.join(cache_dir, f"{split}.npy") if cache_dir else None
+    width = extractor.output_shape[-1]
+    if path and os.path.exists(path):
+        cached = np.load(path)
+        if cached.shape == (len(images), width) and cached.dtype == np.float32:
+            log(f"head: {split} features from cache ({len(images)} x {width})")
+            return cached
+    features = extractor.predict(make_dataset(images, None, batch_size), verbose=0).astype(np.float32)
+    if path:
+        save_array_atomic(path, features)
+    return features
+
+
+def unfreeze_top(extractor, unfreeze: int | str) -> str:
+    """Make the top of extractor.get_layer("backbone") trainable, BatchNorm excepted.
+
+    `unfreeze` counts layers from the top (as keras-io's `base_model.layers[fine_tune_at:]`)
+    or names the first layer to unfreeze. Returns a one-line summary for the log.
+    """
+    layers, first = _backbone_cut(extractor, unfreeze)
+    frozen = {id(sub) for layer in layers[:first] for sub in (layer, *_all_layers(layer))}
+    # Every layer is set explicitly, parents first: with the TensorFlow backend, assigning a
+    # container the value it already has is a no-op that does not reach its sublayers.
+    for layer in (extractor, *_all_layers(extractor)):
+        layer.trainable = id(layer) not in frozen and not isinstance(layer, keras.layers.BatchNormalization)
+    trainable = sum(int(np.prod(w.shape)) for w in extractor.trainable_weights)
+    start = repr(layers[first].name) if first < len(layers) else "-"
+    return (f"unfroze {len(layers) - first} of {len(layers)} backbone layers from {start} "
+            f"(BatchNorm kept frozen), {trainable:,} trainable backbone parameters")
+
+
+def _backbone_cut(extractor, unfreeze: int | str) -> tuple[list, int]:
+    """The backbone's layers and the index of the first one to unfreeze; UserError if unknown."""
+    try:
+        layers = extractor.get_layer("backbone").layers
+    except ValueError:
+        raise UserError("the extractor has no layer named 'backbone' to unfreeze; "
+                        "build it with models.backbones.build_feature_extractor") from None
+    if isinstance(unfreeze, bool) or not isinstance(unfreeze, (int, str)):
+        raise UserError(f"train.unfreeze must be a layer count or a layer name, got {unfreeze!r}")
+    if isinstance(unfreeze, int):
+        if unfreeze < 0:
+            raise UserError(f"train.unfreeze must be 0 or more layers, got {unfreeze}")
+        return layers, max(0, len(layers) - unfreeze)
+    names = [layer.name for layer in layers]
+    if unfreeze in names:
+        return layers, names.index(unfreeze)
+    hint = difflib.get_close_matches(unfreeze, names, n=3, cutoff=0.6) or names[-5:]
+    raise UserError(f"train.unfreeze: no layer {unfreeze!r} in the backbone ({len(names)} layers); "
+                    f"try one of {', '.join(hint)}, or a count such as 20")
+
+
+def _all_layers(layer):
+    for sub in getattr(layer, "layers", []):
+        yield sub
+        yield from _all_layers(sub)
+
+
+def _compile(model, learning_rate: float) -> None:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSS, metrics=["accuracy"])
+
+
+def _fit(model, phase: str, train: tuple, val: tuple, augment, epochs: int, cfg: TrainConfig,
+         checkpoint: "_BestCheckpoint", history: list[dict[str, Any]]) -> None:
+    """`epochs` more epochs of `model.fit`, numbered on from the epochs already in `history`."""
+    callbacks = [checkpoint, _EpochRecorder(phase, history)]
+    if cfg.early_stopping_patience is not None:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            MONITOR, mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True))
+    if cfg.reduce_lr_patience is not None:
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(
+            "val_loss", factor=REDUCE_LR_FACTOR, patience=cfg.reduce_lr_patience, min_lr=MIN_LR))
+    if cfg.tensorboard_dir:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir))
+    first = len(history)
+    model.fit(
+        make_dataset(*train, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment),
+        validation_data=make_dataset(*val, cfg.batch_size),
+        epochs=first + epochs,
+        initial_epoch=first,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles, by seed
+        verbose=cfg.verbose,
+    )
+
+
+def _best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first epoch with the highest val_accuracy: the one the checkpoint kept."""
+    def score(row):
+        return row["val_accuracy"] if np.isfinite(row["val_accuracy"]) else -np.inf
+
+    best = max(history, key=score)
+    return {key: best[key] for key in ("val_accuracy", "val_loss", "epoch", "phase")}
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Appends one plain dict per epoch, with the learning rate the epoch ran at."""
+
+    def __init__(self, phase: str, history: list[dict[str, Any]]):
+        super().__init__()
+        self.phase, self.history = phase, history
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._lr = float(self.model.optimizer.learning_rate.numpy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {"phase": self.phase, "epoch": epoch + 1}
+        row.update({key: float(logs.get(key, np.nan)) for key in ("loss", "accuracy", "val_loss", "val_accuracy")})
+        row["lr"] = self._lr
+        self.history.append(row)
+
+
+class _BestCheckpoint(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint of the whole classifier, even while the fit is of the head alone.
+
+    One instance serves both phases, so phase 2 only overwrites phase 1's best when it beats
+    it. It also keeps the best weights in memory, to restore them without reading the file
+    back (whose optimizer state belongs to whichever phase saved it).
+    """
+
+    def __init__(self, classifier, path: str):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        super().__init__(path, monitor=MONITOR, mode="max", save_best_only=True,
+                         save_weights_only=path.endswith(".weights.h5"))
+        self.classifier = classifier
+        self.best_weights = classifier.get_weights()
+
+    def set_model(self, model):
+        super().set_model(self.classifier)
+
+    def on_epoch_end(self, epoch, logs=None):
+        best_before = self.best
+        super().on_epoch_end(epoch, logs)
+        if self.best != best_before:
+            self.best_weights = self.classifier.get_weights()
