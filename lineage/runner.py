@@ -121,8 +121,8 @@ class StageContext:
     def has_object(self, digest: str) -> bool:
         return self.store.has_object(digest)
 
-    def link_file(self, path: str | os.PathLike, digest: str) -> bool:
-        return self.store.link_object(path, digest)
+    def add_object(self, data: bytes, digest: str, link_from: str | None = None) -> None:
+        self.store.add_object(data, digest, link_from)
 
     def cache_dir(self, *parts: str) -> Path:
         """A folder under the store's cache/ (derived, disposable; shared between stages)."""

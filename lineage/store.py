@@ -144,12 +144,7 @@ class Store:
         a blob cut short by a power loss fails `verify`'s re-hash and ingest rewrites it.
         """
         digest = digest or sha256_bytes(data)
-        target = self.object_file(digest)
-        if not os.path.exists(target):
-            staging = f"{self.tmp_dir}/{uuid.uuid4().hex}"
-            with open(staging, "wb") as handle:
-                handle.write(data)
-            self._rename_into_place(staging, target)
+        self.add_object(data, digest)
         return digest
 
     @staticmethod
@@ -160,20 +155,22 @@ class Store:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(staging, target)
 
-    def link_object(self, path: str | os.PathLike, digest: str) -> bool:
-        """Store a file of known digest as a hard link (no bytes copied); False if it must be copied
-        (another filesystem, or links not allowed). Opt-in: editing the source file in place would
-        change the object too, which `verify` then reports."""
+    def add_object(self, data: bytes, digest: str, link_from: str | None = None) -> None:
+        """Store bytes whose digest the caller computed; with `link_from`, hard-link that file instead
+        of writing the bytes (opt-in: editing the source in place would change the object too, which
+        `verify` reports). Links fall back to writing across filesystems."""
         target = self.object_file(digest)
         if os.path.exists(target):
-            return True
+            return
         staging = f"{self.tmp_dir}/{uuid.uuid4().hex}"
         try:
-            os.link(path, staging)
+            if link_from is None:
+                raise OSError
+            os.link(link_from, staging)
         except OSError:
-            return False
+            with open(staging, "wb") as handle:
+                handle.write(data)
         self._rename_into_place(staging, target)
-        return True
 
     def put_file(self, path: str | os.PathLike) -> tuple[str, int]:
         """Store a file's content, hashing while copying; returns (digest, size)."""
