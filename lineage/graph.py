@@ -41,8 +41,9 @@ class Version:
         return f"{self.name}:v{self.v}"
 
     def to_json(self) -> dict:
+        aliases = sorted(self.aliases, key=lambda a: (a != "latest", a))  # canonical: `latest` first
         return {"v": self.v, "digest": self.digest, "run": self.run, "created": self.created,
-                "size": self.size, "count": self.count, "aliases": self.aliases}
+                "size": self.size, "count": self.count, "aliases": aliases}
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Graph:
                 edges.append([f"{item['name']}@{item['digest']}", f"run:{run_id}"])
             for item in run["outputs"]:
                 edges.append([f"run:{run_id}", f"{item['name']}@{item['digest']}"])
-        return edges
+        return sorted(edges)
 
     def all_versions(self) -> list[Version]:
         return [v for chain in self.versions.values() for v in chain]
