@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -243,10 +244,15 @@ def main(argv: list[str] | None = None) -> dict:
             for px, jpegs in sources.items():
                 results["decode"][f"{px[0]}x{px[1]}->{size}px"] = bench_decode(jpegs, size)
             results["sizes"][str(size)] = bench_size(args.backbone, size, sources[SOURCE_PX[0]], count, work)
+            # Peak so far, so the figure for the largest size includes fine-tuning at that size.
+            results["sizes"][str(size)]["peak_rss_mb_so_far"] = round(
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
             keras.backend.clear_session()
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
+    for size, figures in results["sizes"].items():
+        print(f"peak RSS after {size}px: {figures['peak_rss_mb_so_far']} MB")
     return results
 
 
