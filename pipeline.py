@@ -230,7 +230,7 @@ def cmd_demo_data(args) -> int:
 def _predictions(args, ref: str):
     from lineage.graph import Graph
     from lineage.runner import Artifact
-    from stages.evaluate import read_predictions
+    from stages.predictions import read_predictions
 
     store = _store(_config(args))
     graph = Graph.load(store)

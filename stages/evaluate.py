@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 
 from lineage.errors import UserError
 from lineage.runner import REF, Artifact, Output, StageContext
+from stages.predictions import read_predictions
 
 NAME = "evaluate"
 OUTPUT = "eval"
-CODE = ("stages/evaluate.py", "report/")
+CODE = ("stages/evaluate.py", "stages/predictions.py", "report/")
 ACROSS_X = ("version", "train_images", "epochs")
 
 
@@ -100,14 +101,6 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     return [Output(OUTPUT, {"source": {"name": main.version.name, "digest": main.digest}, "files": files,
                             "meta": {"metrics": summary, "predictions": main.ref, "classes": classes,
                                      "compare_with": labels[1] if labels else None}})]
-
-
-def read_predictions(artifact: Artifact):
-    import pandas as pd
-
-    if artifact.version.name != "predictions":
-        raise UserError(f"{artifact.ref} is not a predictions version")
-    return pd.read_parquet(artifact.file_path("predictions.parquet"))
 
 
 def most_confused_pair(metrics: dict) -> list[str]:

@@ -17,7 +17,7 @@ from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "infer"
 OUTPUT = "predictions"
-CODE = ("stages/infer.py", "stages/images.py", "stages/train.py", "models/")
+CODE = ("stages/infer.py", "stages/images.py", "stages/predictions.py", "models/")
 
 
 @dataclass
@@ -49,7 +49,7 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     import models.backbones  # noqa: F401  registers the custom layers a saved model may use
     from models.predict import predict_table
     from stages.images import decode, load_split_images
-    from stages.train import prediction_output
+    from stages.predictions import prediction_output
 
     model_artifact = inputs["model"]
     meta = model_artifact.manifest["meta"]

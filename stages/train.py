@@ -18,7 +18,7 @@ from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "train"
 OUTPUT = "model"
-CODE = ("stages/train.py", "stages/images.py", "models/")
+CODE = ("stages/train.py", "stages/images.py", "stages/predictions.py", "models/")
 
 
 @dataclass
@@ -60,6 +60,7 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     from models.predict import predict_table
     from models.training import TrainConfig, train_two_phase
     from stages.images import load_split_images
+    from stages.predictions import prediction_output
 
     split = inputs["split"]
     if not split.manifest["entries"].get("val"):
@@ -105,22 +106,6 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     table = predict_table(result.model, val.images, val.ids, val.paths, ["val"] * len(val.ids), val.truths,
                           classes, batch_size=params.batch_size, progress=ctx.progress)
     return [model, prediction_output(ctx, table, classes, split="val", made_with={"split": split.ref})]
-
-
-def prediction_output(ctx: StageContext, table, classes: list[str], split: str, made_with: dict) -> Output:
-    """A predictions version: the table as Parquet, with the class order and headline numbers."""
-    import io
-
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False, compression="zstd")
-    labelled = table["truth"].notna()
-    accuracy = float((table.loc[labelled, "truth"] == table.loc[labelled, "guess"]).mean()) if labelled.any() else None
-    meta = {"classes": classes, "rows": len(table), "split": split, "labelled": int(labelled.sum()),
-            "accuracy": accuracy, **made_with}
-    ctx.log(f"predictions: {len(table):,} rows on {split}" +
-            (f", accuracy {accuracy:.4f}" if accuracy is not None else " (unlabelled)"))
-    return Output("predictions", {"files": {"predictions.parquet": ctx.put_blob(buffer.getvalue())}, "meta": meta})
-
 
 
 def _weights_key(weights: str | None) -> str:
