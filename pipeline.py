@@ -3,7 +3,7 @@
 
     python pipeline.py ingest data/inaturalist_12K/train
     python pipeline.py run --config configs/demo.yaml
-    python pipeline.py ls | show REF | lineage REF | why STAGE | verify | gc
+    python pipeline.py ls | show REF | alias REF NAME | lineage REF | why STAGE | verify | gc
     python pipeline.py table REF --filter 'x["truth"] != x["guess"]' | compare A B | report REF
 
 Only `train` and `infer` (and `run` when it reaches them) import TensorFlow; every other
@@ -111,6 +111,17 @@ def cmd_show(args) -> int:
     graph = Graph.load(store)
     summary = describe_version(store, graph, graph.resolve(args.ref))
     print(json.dumps(summary, indent=1) if args.json else format_show(summary))
+    return 0
+
+
+def cmd_alias(args) -> int:
+    from lineage.graph import Graph
+    from lineage.runner import set_alias
+
+    store = _store(_config(args))
+    version = Graph.load(store).resolve(args.ref)
+    set_alias(store, version, args.alias)
+    print(f"{version.name}:{args.alias} → {version.ref}")
     return 0
 
 
@@ -298,6 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("ref", help="name:vN, name:latest, name:ALIAS or a digest prefix")
     sub.add_argument("--json", action="store_true")
     sub.set_defaults(handler=cmd_show)
+
+    sub = commands.add_parser("alias", parents=[common], help="give a version a name, e.g. best")
+    sub.add_argument("ref", help="the version, e.g. model:v3")
+    sub.add_argument("alias", help="the name; it moves off any other version that had it")
+    sub.set_defaults(handler=cmd_alias)
 
     sub = commands.add_parser("lineage", parents=[common], help="ancestors and descendants; export the graph")
     sub.add_argument("ref", nargs="?")

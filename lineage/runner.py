@@ -238,6 +238,18 @@ def _reuse(store: Store, graph: Graph, the_plan: Plan, aliases: list[str]) -> Ru
     return RunResult(the_plan.stage.NAME, versions, reused=True, run_id=run_id)
 
 
+def set_alias(store: Store, version: Version, alias: str) -> None:
+    """Name an existing version. Recorded as a run of its own, so lineage.json stays derivable
+    from runs/ alone; the alias moves off whichever version had it."""
+    if not alias or alias == "latest" or alias[0] == "v" and alias[1:].isdigit() or ":" in alias:
+        raise UserError(f"alias {alias!r} is reserved or malformed: pick a name like best or production")
+    now = _now()
+    record_run(store, {"id": _new_run_id(), "stage": "alias", "status": "finished", "started": now,
+                       "finished": now, "params": {"alias": alias}, "cache_key": None, "inputs": [],
+                       "outputs": [], "aliases": [{"name": version.name, "digest": version.digest, "alias": alias}],
+                       "host": platform.node(), "argv": sys.argv})
+
+
 def outputs_intact(store: Store, version: Version) -> bool:
     """The manifest and every object it names are present (not re-hashed: that is `verify`)."""
     path = store.manifest_path(version.name, version.digest)

@@ -62,6 +62,8 @@ class Store:
         self.graph_path = self.root / "lineage.json"
         self.lock_path = self.root / "lock"
         self._objects_prefix = f"{self.objects_dir}/"
+        self._present: set[str] = set()  # objects seen by missing_objects: they are never removed mid-run
+        self._listed: set[str] = set()
 
     # -- opening -----------------------------------------------------------------------
 
@@ -129,13 +131,14 @@ class Store:
         """Which of these objects are absent. For many, one listdir per prefix beats a stat per object."""
         if len(digests) < 512:
             return [d for d in digests if not self.has_object(d)]
-        present: set[str] = set()
-        for prefix in {d[:2] for d in digests}:
+        missing = [d for d in digests if d not in self._present]
+        for prefix in {d[:2] for d in missing} - self._listed:  # each folder listed once per process
+            self._listed.add(prefix)
             try:
-                present.update(prefix + name for name in os.listdir(f"{self._objects_prefix}{prefix}"))
+                self._present.update(prefix + name for name in os.listdir(f"{self._objects_prefix}{prefix}"))
             except FileNotFoundError:
                 pass
-        return [d for d in digests if d not in present]
+        return [d for d in missing if d not in self._present]
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> str:
         """Store a blob; returns its digest. An object already present is not rewritten.

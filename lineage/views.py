@@ -123,8 +123,9 @@ def _walk(graph: Graph, version: Version, upward: bool, depth: int, seen: set) -
 
 def export_graph(graph: Graph, fmt: str) -> str:
     nodes = {f"{v.name}@{v.digest}": v.ref for v in graph.all_versions()}
-    runs = {f"run:{rid}": f"{r['stage']} {rid}" for rid, r in graph.runs.items() if r.get("status") == "finished"}
     edges = [e for e in graph.edges() if e[0] in nodes or e[1] in nodes]
+    linked = {node for edge in edges for node in edge}  # alias runs touch no version: left out
+    runs = {f"run:{rid}": f"{r['stage']} {rid}" for rid, r in graph.runs.items() if f"run:{rid}" in linked}
     if fmt == "json":
         return json.dumps(graph.to_json(), indent=1)
     ids = {key: f"n{i}" for i, key in enumerate(list(nodes) + list(runs))}

@@ -114,3 +114,19 @@ def test_errors_outside_a_store(tmp_path):
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("split: [unclosed\n")
     assert "is not valid YAML at line" in _no_traceback(run_cli("ls", "--config", str(bad_yaml)))
+
+
+def test_alias_names_a_version_and_survives_a_rebuild(demo_store):
+    tmp_path, config = demo_store
+    assert run_cli("split", "-q", "--config", str(config), "--set", "split.seed=5").returncode == 0
+    tagged = run_cli("alias", "split:v1", "best", "--config", str(config))
+    assert tagged.stdout.strip() == "split:best → split:v1"
+    assert json.loads(run_cli("show", "split:best", "--json", "--config", str(config)).stdout)["ref"] == "split:v1"
+    run_cli("alias", "split:v2", "best", "--config", str(config))
+    rows = {r["ref"]: r["aliases"] for r in json.loads(run_cli("ls", "--json", "--config", str(config)).stdout)}
+    assert rows["split:v1"] == [] and rows["split:v2"] == ["latest", "best"]
+    (tmp_path / "store" / "lineage.json").unlink()
+    rows = {r["ref"]: r["aliases"] for r in json.loads(run_cli("ls", "--json", "--config", str(config)).stdout)}
+    assert rows["split:v2"] == ["latest", "best"]
+    assert run_cli("verify", "--config", str(config)).returncode == 0
+    assert "reserved" in _no_traceback(run_cli("alias", "split:v1", "latest", "--config", str(config)))
