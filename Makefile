@@ -30,11 +30,17 @@ run: setup
 report: setup
 	$(PY) pipeline.py report predictions:latest --config $(CONFIG)
 
-# The whole job on real Fashion-MNIST photos, offline: ingest → split → train → infer → evaluate → report.
+# The whole job on real Fashion-MNIST photos, offline: ingest → split → train → infer → evaluate,
+# then a head-only model on the same test images, and a report with the two side by side.
+DEMO := --config configs/demo.yaml
 demo: setup
 	$(PY) pipeline.py demo-data --out data/fashion-mnist --per-class 300
-	$(PY) pipeline.py run --config configs/demo.yaml
-	$(PY) pipeline.py report predictions:latest --config configs/demo.yaml --out reports/demo.html
+	$(PY) pipeline.py run $(DEMO)
+	$(PY) pipeline.py alias predictions:latest fine-tuned $(DEMO)
+	$(PY) pipeline.py train $(DEMO) --set train.epochs_finetune=0 --alias head-only -q
+	$(PY) pipeline.py infer $(DEMO) --set infer.model=model:head-only --alias head-only -q
+	$(PY) pipeline.py report predictions:fine-tuned predictions:head-only --compare predictions:head-only \
+	  $(DEMO) --set evaluate.across_x=epochs --out reports/demo.html
 
 # What CI runs end to end: tiny generated images, one short epoch per phase.
 smoke: setup

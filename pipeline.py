@@ -209,9 +209,9 @@ def cmd_report(args) -> int:
 
     config = _config(args)
     store = _store(config)
-    config.sections["evaluate"].update(input=args.refs[0])
-    if len(args.refs) > 1:
-        config.sections["evaluate"].update(compare_with=args.refs[1], across=args.refs[2:])
+    config.sections["evaluate"].update(input=args.refs[0], across=args.refs[1:])
+    if args.compare:
+        config.sections["evaluate"].update(compare_with=args.compare)
     result = runner.execute(store, evaluate, config.params("evaluate"), force=args.force, log=_logger(args),
                             progress=_progress(args))
     version = result.outputs[0]
@@ -351,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = commands.add_parser("report", parents=[common], help="evaluate predictions and write report.html")
     sub.add_argument("refs", nargs="+", metavar="REF",
-                     help="predictions to report on; a second is shown side by side, all are on the AP plot")
+                     help="predictions to report on; any more are points on the AP-across-runs plot")
+    sub.add_argument("--compare", metavar="REF", help="predictions of another model on the same images, side by side")
     sub.add_argument("--out", help="where to write the HTML (default reports/eval-vN.html)")
     sub.add_argument("--force", action="store_true")
     sub.set_defaults(handler=cmd_report)
