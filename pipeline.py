@@ -246,7 +246,7 @@ def _predictions(args, ref: str):
     store = _store(_config(args))
     graph = Graph.load(store)
     version = graph.resolve(ref, expected_name="predictions")
-    return read_predictions(Artifact(version, store.read_manifest(version.name, version.digest), store, graph))
+    return read_predictions(Artifact.open(store, graph, version))
 
 
 # -- plumbing --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -57,13 +58,17 @@ class Artifact:
     def object_path(self, digest: str) -> Path:
         return self.store.object_path(digest)
 
+    @classmethod
+    def open(cls, store: Store, graph: Graph | None, version: Version) -> "Artifact":
+        return cls(version, store.read_manifest(version.name, version.digest), store, graph)
+
     def source(self) -> "Artifact":
         """The version this one was cut from (a split's raw-data), named in its own manifest.
 
         Reading it is as deterministic as reading this manifest: the reference is by digest."""
         name, digest = self.manifest["source"]["name"], self.manifest["source"]["digest"]
         version = (self.graph and self.graph.find(name, digest)) or Version(name, 0, digest, None, None)
-        return Artifact(version, self.store.read_manifest(name, digest), self.store, self.graph)
+        return Artifact.open(self.store, self.graph, version)
 
     @contextlib.contextmanager
     def named_file(self, name: str) -> Iterator[Path]:
@@ -103,6 +108,7 @@ class StageContext:
     stage: str
     log: Callable[[str], None] = print
     progress: bool = True
+    temp_dirs: list[Path] = field(default_factory=list, repr=False)
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> str:
         return self.store.put_bytes(data, digest)
@@ -118,8 +124,8 @@ class StageContext:
         digest, size = self.store.put_file(path)
         return {"digest": digest, "size": size}
 
-    def has_object(self, digest: str) -> bool:
-        return self.store.has_object(digest)
+    def missing_objects(self, digests: list[str]) -> list[str]:
+        return self.store.missing_objects(digests)
 
     def add_object(self, data: bytes, digest: str, link_from: str | None = None) -> None:
         self.store.add_object(data, digest, link_from)
@@ -131,8 +137,10 @@ class StageContext:
         return folder
 
     def temp_dir(self) -> Path:
+        """A scratch folder under tmp/, removed by the runner when the stage is done."""
         folder = self.store.temp_path("-stage")
         folder.mkdir()
+        self.temp_dirs.append(folder)
         return folder
 
 
@@ -145,7 +153,10 @@ class Plan:
     inputs: dict[str, Version]
     code_digest: str
     fingerprint: str | None
-    cache_key: str
+
+    @functools.cached_property
+    def cache_key(self) -> str:
+        return sha256_bytes(canonical_json({"stage": self.stage.NAME, **self.key_parts()}))
 
     def key_parts(self) -> dict:
         return {"code": self.code_digest, "params": cache_params(self.params),
@@ -167,17 +178,14 @@ def plan(store: Store, graph: Graph, stage: ModuleType, params: Any) -> Plan:
     inputs = {key: graph.resolve(ref, expected_name=key.split("#")[0])
               for key, ref in stage.input_refs(params).items()}
     fingerprint = stage.fingerprint(params) if hasattr(stage, "fingerprint") else None
-    code = code_digest(stage.CODE)
-    key = sha256_bytes(canonical_json({
-        "stage": stage.NAME, "code": code, "params": cache_params(params),
-        "inputs": {name: v.digest for name, v in sorted(inputs.items())}, "source": fingerprint,
-    }))
-    return Plan(stage, params, inputs, code, fingerprint, key)
+    return Plan(stage, params, inputs, code_digest(stage.CODE), fingerprint)
 
 
 def execute(store: Store, stage: ModuleType, params: Any, *, force: bool = False, aliases: list[str] = (),
             log: Callable[[str], None] = print, progress: bool = True) -> RunResult:
     """Run one stage through the cache: reuse a finished identical run, or run and commit it."""
+    for alias in aliases:
+        check_alias(alias)
     graph = Graph.load(store)
     the_plan = plan(store, graph, stage, params)
     if not force:
@@ -188,8 +196,7 @@ def execute(store: Store, stage: ModuleType, params: Any, *, force: bool = False
     run_id = _new_run_id()
     started = _now()
     t0 = time.perf_counter()
-    inputs = {name: Artifact(v, store.read_manifest(v.name, v.digest), store, graph)
-              for name, v in the_plan.inputs.items()}
+    inputs = {name: Artifact.open(store, graph, v) for name, v in the_plan.inputs.items()}
     context = StageContext(store, stage.NAME, log, progress)
     record = _run_record(run_id, the_plan, started)
     try:
@@ -199,6 +206,9 @@ def execute(store: Store, stage: ModuleType, params: Any, *, force: bool = False
                       error=str(error) or type(error).__name__)
         record_run(store, record)
         raise
+    finally:  # what a stage staged into objects/ is already in place; its scratch files are not needed
+        for folder in context.temp_dirs:
+            shutil.rmtree(folder, ignore_errors=True)
 
     written = []
     for output in outputs:
@@ -238,11 +248,16 @@ def _reuse(store: Store, graph: Graph, the_plan: Plan, aliases: list[str]) -> Ru
     return RunResult(the_plan.stage.NAME, versions, reused=True, run_id=run_id)
 
 
+def check_alias(alias: str) -> None:
+    """`latest` and `vN` are the runner's; a colon or `@` would not resolve back."""
+    if not alias or alias == "latest" or alias[0] == "v" and alias[1:].isdigit() or ":" in alias or "@" in alias:
+        raise UserError(f"alias {alias!r} is reserved or malformed: pick a name like best or production")
+
+
 def set_alias(store: Store, version: Version, alias: str) -> None:
     """Name an existing version. Recorded as a run of its own, so lineage.json stays derivable
     from runs/ alone; the alias moves off whichever version had it."""
-    if not alias or alias == "latest" or alias[0] == "v" and alias[1:].isdigit() or ":" in alias:
-        raise UserError(f"alias {alias!r} is reserved or malformed: pick a name like best or production")
+    check_alias(alias)
     now = _now()
     record_run(store, {"id": _new_run_id(), "stage": "alias", "status": "finished", "started": now,
                        "finished": now, "params": {"alias": alias}, "cache_key": None, "inputs": [],

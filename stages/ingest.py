@@ -149,12 +149,13 @@ def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
     cache_path = ctx.cache_dir("stat") / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".json")
     cached = _load_stat_cache(cache_path, checks)
 
+    # A cached digest counts only while its object is still in the store (gc may have removed it).
+    gone = set(ctx.missing_objects([h["digest"] for h in cached.values() if "digest" in h]))
     results: dict[str, dict] = {}
     todo = []
     for source in scan.files:
         hit = cached.get(source.relative)
-        if hit and hit["stat"] == [source.size, source.mtime_ns, source.inode] and (
-                "reason" in hit or ctx.has_object(hit["digest"])):
+        if hit and hit["stat"] == [source.size, source.mtime_ns, source.inode] and hit.get("digest") not in gone:
             results[source.relative] = hit
         else:
             todo.append(source)

@@ -130,3 +130,10 @@ def test_alias_names_a_version_and_survives_a_rebuild(demo_store):
     assert rows["split:v2"] == ["latest", "best"]
     assert run_cli("verify", "--config", str(config)).returncode == 0
     assert "reserved" in _no_traceback(run_cli("alias", "split:v1", "latest", "--config", str(config)))
+
+
+def test_alias_on_a_stage_command_is_checked_too(demo_store):
+    _, config = demo_store
+    stderr = _no_traceback(run_cli("split", "--force", "--alias", "v1", "--config", str(config)))
+    assert "reserved" in stderr
+

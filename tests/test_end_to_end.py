@@ -34,6 +34,7 @@ def test_every_stage_wrote_its_version(smoke):
                                          "train: up to date, model:v1, predictions:v1",
                                          "infer: up to date, predictions:v2", "evaluate: up to date, eval:v1"]
     assert "tensorflow" not in again.stderr.lower()  # nothing to do: TensorFlow never imported
+    assert list((smoke["store"] / "tmp").iterdir()) == []  # train's scratch folder (model, checkpoint) is gone
 
 
 def test_model_artifact_carries_what_inference_needs(smoke):
