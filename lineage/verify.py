@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -101,11 +102,16 @@ def _check_graph(store: Store, report: Report) -> None:
         report.problems.append("lineage.json disagrees with runs/ and manifests/: run `pipeline.py lineage --rebuild`")
 
 
+def live_versions(store: Store) -> set[tuple[str, str]]:
+    """The (name, digest) of every version a finished run made: what gc must keep."""
+    return {(o["name"], o["digest"]) for r in store.read_runs() if r.get("status") == "finished"
+            for o in r.get("outputs", [])}
+
+
 def unreferenced_objects(store: Store, live: set[tuple[str, str]] | None = None) -> list[str]:
     """Objects that no live manifest (one a finished run made) refers to."""
     if live is None:
-        live = {(o["name"], o["digest"]) for r in store.read_runs() if r.get("status") == "finished"
-                for o in r.get("outputs", [])}
+        live = live_versions(store)
     referenced: set[str] = set()
     for name, digest in live:
         path = store.manifest_path(name, digest)
@@ -119,8 +125,7 @@ def collect_garbage(store: Store, delete: bool, grace_seconds: float) -> dict:
     older than the grace period, which protects a run that is staging its outputs right now."""
     cutoff = time.time() - grace_seconds
     with store.locked():
-        live = {(o["name"], o["digest"]) for r in store.read_runs() if r.get("status") == "finished"
-                for o in r.get("outputs", [])}
+        live = live_versions(store)
         objects = [store.object_path(d) for d in unreferenced_objects(store, live)]
         manifests = [store.manifest_path(n, d) for n, d in set(store.list_manifests()) - live]
         staging = list(store.tmp_dir.iterdir()) if store.tmp_dir.exists() else []
@@ -157,7 +162,6 @@ def _size(path: Path) -> int:
 
 def _remove(path: Path) -> None:
     if path.is_dir():
-        import shutil
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
