@@ -9,32 +9,38 @@ version and params give the same digest anywhere.
 from __future__ import annotations
 
 import random
+import typing
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 from lineage.display import format_counts
 from lineage.errors import UserError
+from lineage.params import Range
 from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "split"
 OUTPUT = "split"
 CODE = ("stages/split.py",)
-SPLIT_NAMES = ("train", "val", "test")
+SplitName = Literal["train", "val", "test"]
+SPLIT_NAMES = typing.get_args(SplitName)
 
 
 @dataclass
 class Params:
     input: str = field(default="raw-data:latest", metadata=REF)
-    per_class: dict = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    # Images per class in each split: whole counts ({train: 800, val: 100, test: 100}) or fractions.
+    per_class: dict[SplitName, Annotated[int, Range(0)] | Annotated[float, Range(0, 1)]] = field(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
     balanced: bool = True
     allow_small_classes: bool = False
     seed: int = 42
 
     def __post_init__(self):
         unknown = [k for k in self.per_class if k not in SPLIT_NAMES]
-        if unknown or "train" not in self.per_class:
-            raise UserError(f"split.per_class has {', '.join(unknown) or 'no train'}: use train, val and "
-                            "optionally test, e.g. {train: 800, val: 100, test: 100} or {train: 0.8, val: 0.2}")
+        if unknown or not self.per_class.get("train"):
+            raise UserError(f"split.per_class has {', '.join(map(str, unknown)) or 'no train images'}: use train, "
+                            "val and optionally test, e.g. {train: 800, val: 100, test: 100} or {train: 0.8, val: 0.2}")
         values = list(self.per_class.values())
         if all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             return
