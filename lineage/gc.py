@@ -1,0 +1,237 @@
+"""Garbage collection: remove objects, manifests and staging files that nothing live refers to.
+
+Live is what a finished run made: the manifests its run record names, and every object those
+name. Anything else was left by a run that failed or was killed, and is garbage. What a run in
+progress is staging looks exactly like that garbage, so gc never sweeps while a run is in
+progress: it holds the store exclusively for the whole sweep (lineage/inprogress.py), and a
+run cannot stage while it does. A grace period stays as a second line of defence only (say, a
+run started by an older version of this code): it keeps anything changed recently, measured by
+the later of mtime and ctime. mtime alone lies: a hard link keeps its source's mtime, and both
+link() and rename() set the ctime to now. A recent orphan manifest keeps its objects too.
+
+gc never follows a symlink inside the store and never deletes one: a linked folder or file
+could point anywhere, so it is reported as foreign, to be removed by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from lineage.errors import UserError
+from lineage.inprogress import RunInProgress, in_progress_records, sweep_hold
+from lineage.runner import referenced_objects
+from lineage.store import Store
+
+FOREIGN = "is a symlink, not part of the store: remove it by hand"
+
+
+@dataclass
+class Garbage:
+    """What a sweep found (and, with `deleted`, removed)."""
+
+    objects: list[Path] = field(default_factory=list)
+    manifests: list[Path] = field(default_factory=list)
+    staging: list[Path] = field(default_factory=list)
+    stale_records: list[RunInProgress] = field(default_factory=list)  # left by runs that were killed
+    foreign: list[str] = field(default_factory=list)  # "<path> <why>": never followed, never deleted
+    failed: list[str] = field(default_factory=list)  # "<path>: <reason>" for removals that failed
+    in_progress: list[RunInProgress] = field(default_factory=list)  # a listing made while runs were staging
+    bytes: int = 0
+    deleted: bool = False
+
+    @property
+    def count(self) -> int:
+        return len(self.objects) + len(self.manifests) + len(self.staging)
+
+
+def collect_garbage(store: Store, delete: bool, grace_seconds: float, wait: bool = False,
+                    log: Callable[[str], None] = print) -> Garbage:
+    """List (and with delete=True remove) what nothing live refers to and that is older than the grace.
+
+    Deleting holds the store exclusively: with runs in progress it fails naming them or, with
+    `wait`, waits for them. A listing made while runs are in progress says so in `in_progress`."""
+    store.refuse_symlinks()
+    garbage = Garbage(deleted=delete)
+    with sweep_hold(store, wait=wait, required=delete, log=log) as running, store.locked():
+        garbage.in_progress = running
+        _find(store, garbage, cutoff=time.time() - grace_seconds)
+        if delete:
+            for path in garbage.objects + garbage.manifests + garbage.staging + [r.path for r in garbage.stale_records]:
+                try:
+                    _remove(path)
+                except OSError as error:
+                    garbage.failed.append(f"{path}: {error.strerror or error}")
+    return garbage
+
+
+def _find(store: Store, garbage: Garbage, cutoff: float) -> None:
+    live = live_versions(store)
+    protected = _live_objects(store, live)
+    manifests = dict(_manifest_files(store, garbage.foreign))
+    for key in sorted(set(manifests) - live):
+        path = manifests[key]
+        if _changed(path) < cutoff:
+            garbage.manifests.append(path)
+        else:  # a run of an older gc-unaware version may be about to commit it: keep what it names
+            protected.update(_objects_named(store, key))
+    for digest, path in object_files(store, garbage.foreign):
+        if digest not in protected and _changed(path) < cutoff:
+            garbage.objects.append(path)
+    garbage.staging = [p for p in _staging_entries(store, garbage.foreign) if _changed(p) < cutoff]
+    # Once the sweep holds the store no run is alive, so every record left is stale; a listing
+    # made while runs are in progress only names the records whose runs are gone.
+    garbage.stale_records = [r for r in in_progress_records(store) if not r.alive]
+    garbage.bytes = sum(_size(p) for p in garbage.objects + garbage.manifests + garbage.staging)
+
+
+def live_versions(store: Store) -> set[tuple[str, str]]:
+    """The (name, digest) of every version a finished run made, and of every version a quarantined run
+    record may have made (a damaged record must never cost the versions it committed): what gc keeps."""
+    return {(o["name"], o["digest"]) for r in store.read_runs() if r.get("status") == "finished"
+            for o in r.get("outputs", [])} | store.quarantined_versions()
+
+
+def unreferenced_objects(store: Store, live: set[tuple[str, str]] | None = None) -> list[str]:
+    """Objects that no live manifest (one a finished run made) refers to."""
+    if live is None:
+        live = live_versions(store)
+    referenced = set().union(*(_objects_named(store, key) for key in live))  # verify reports unreadable ones
+    return [digest for digest, _ in object_files(store) if digest not in referenced]
+
+
+def foreign_paths(store: Store) -> list[str]:
+    """"<path> <why>" for every link (or stray folder) where the store keeps objects, manifests or
+    staging files: what gc leaves alone and `verify` can report."""
+    foreign: list[str] = []
+    for _ in object_files(store, foreign):
+        pass
+    list(_manifest_files(store, foreign))
+    _staging_entries(store, foreign)
+    return foreign
+
+
+def _live_objects(store: Store, live: set[tuple[str, str]]) -> set[str]:
+    """Every object a live manifest names. One that cannot be read stops gc: what it needs is unknown.
+    Objects a quarantined manifest still names stay too, until the stage that made it has run again."""
+    referenced: set[str] = store.quarantine_mentions("manifests")
+    for name, digest in sorted(live):
+        path = store.manifest_path(name, digest)
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:  # already damage (verify says so); nothing it named can be read anyway
+            continue
+        if stat.S_ISLNK(mode):
+            raise UserError(f"manifest {path} of a live version {FOREIGN}, then re-run the stage that made "
+                            f"{name} with --force; gc will not guess which objects it needs")
+        try:
+            referenced.update(referenced_objects(store.read_manifest(name, digest)))
+        except UserError as error:
+            raise UserError(f"gc cannot tell which objects {name}@{digest[:12]} needs ({error}); "
+                            "nothing was removed") from None
+    return referenced
+
+
+def _objects_named(store: Store, key: tuple[str, str]) -> set[str]:
+    try:
+        return set(referenced_objects(store.read_manifest(*key)))
+    except (UserError, KeyError, TypeError, AttributeError):  # a damaged orphan protects nothing
+        return set()
+
+
+def object_files(store: Store, foreign: list[str] | None = None) -> Iterator[tuple[str, Path]]:
+    """(digest, path) of every object file, never following a link. Links (and folders where an
+    object file should be) are not objects: they are added to `foreign` when given, else skipped."""
+    for prefix in _scan(store.objects_dir):
+        if prefix.is_symlink():
+            _note(foreign, prefix.path, FOREIGN)
+        elif prefix.is_dir(follow_symlinks=False):
+            for entry in _scan(prefix.path):
+                if entry.is_symlink():
+                    _note(foreign, entry.path, FOREIGN)
+                elif entry.is_file(follow_symlinks=False):
+                    yield prefix.name + entry.name, Path(entry.path)
+                else:
+                    _note(foreign, entry.path, "is not an object file: remove it by hand")
+
+
+def _manifest_files(store: Store, foreign: list[str]) -> Iterator[tuple[tuple[str, str], Path]]:
+    for folder in _scan(store.manifests_dir):
+        if folder.is_symlink():
+            _note(foreign, folder.path, FOREIGN)
+        elif folder.is_dir(follow_symlinks=False):
+            for entry in _scan(folder.path):
+                if entry.is_symlink():
+                    _note(foreign, entry.path, FOREIGN)
+                elif entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
+                    yield (folder.name, entry.name[:-len(".json")]), Path(entry.path)
+
+
+def _staging_entries(store: Store, foreign: list[str]) -> list[Path]:
+    """Files and folders under tmp/. A folder is removed whole; rmtree does not follow links inside it."""
+    found = []
+    for entry in _scan(store.tmp_dir):
+        if entry.is_symlink():
+            _note(foreign, entry.path, FOREIGN)
+        else:
+            found.append(Path(entry.path))
+    return found
+
+
+def _scan(folder: str | os.PathLike) -> list[os.DirEntry]:
+    if os.path.islink(folder):  # the store refuses these on open; a Store built by hand gets here
+        raise UserError(f"{folder} {FOREIGN}")
+    try:
+        return sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _note(foreign: list[str] | None, path: str, why: str) -> None:
+    if foreign is not None:
+        foreign.append(f"{path} {why}")
+
+
+def _changed(path: Path) -> float:
+    """When the entry was last written, linked or renamed: a hard link can fake its mtime, not its ctime."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return float("inf")
+    return max(info.st_mtime, info.st_ctime)
+
+
+def _size(path: Path) -> int:
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(info.st_mode):
+        return info.st_size
+    total = 0
+    for folder, _, files in os.walk(path):  # os.walk does not descend into linked folders
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a real folder; never a link, never through one."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        return
+    if stat.S_ISDIR(mode):
+        shutil.rmtree(path)  # refuses a link at the top, unlinks (never follows) links inside
+    else:
+        path.unlink(missing_ok=True)
