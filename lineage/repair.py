@@ -1,0 +1,144 @@
+"""Repairs: damaged files move to quarantine/, lineage.json is rebuilt, and the user is told what to re-run.
+
+Nothing is deleted. A damaged object or manifest moves to quarantine/<kind>/, where no reader looks,
+and the next run of the stage that made it writes it afresh (same inputs give the same digest).
+
+A damaged run record is the delicate case: the record is what makes its versions committed. So
+before it moves, its run is recovered from lineage.json, which holds every run's stage, status,
+times, inputs and outputs: a record rebuilt from that keeps each version under its number and
+digest, marked `recovered`. When lineage.json cannot tell (it is damaged too, or never saw the
+run), the versions whose digests the damaged bytes still mention are named with the stage to
+re-run, and `Store.quarantined_versions` keeps gc off their manifests until then.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from lineage.graph import Graph
+from lineage.records import CorruptRecord, parse_json
+from lineage.store import Store, read_no_follow
+
+RECOVERED_NOTE = ("rebuilt from lineage.json by `pipeline.py lineage --rebuild`; "
+                  "the damaged original is in quarantine/runs/")
+
+
+_STAGE_BYTES = re.compile(rb'"stage":\s*"([A-Za-z0-9_-]{1,40})"')
+
+
+def repair(store: Store, report) -> list[str]:
+    """Move what `verify` found damaged (a lineage/verify.py Report) to quarantine/, recover damaged run
+    records and rebuild lineage.json. Returns the lines to print, ending with what to re-run."""
+    lines = []
+    with store.locked():
+        for damage in report.damaged:
+            if damage.kind == "runs" or not (damage.path.exists() or damage.path.is_symlink()):
+                continue  # run records are recovered below, from lineage.json, before it is rebuilt
+            target = store.quarantine(damage.path, damage.kind)
+            lines.append(f"moved {damage.path} to {target}")
+        lines += _rebuild_locked(store, keep_graph=not report.graph_damaged)
+    fixes = sorted({d.fix for d in report.damaged if d.kind != "runs" and "--force" in d.fix})
+    lines += [f"next: {fix}" for fix in fixes]
+    if fixes:
+        lines.append("then `pipeline.py verify` should find no problem")
+    return lines
+
+
+def rebuild_lineage(store: Store) -> list[str]:
+    """`pipeline.py lineage --rebuild`: quarantine damaged run records (recovering their runs from
+    lineage.json where it knows them), then rebuild lineage.json from runs/. Returns the lines to print."""
+    with store.locked():
+        return _rebuild_locked(store, keep_graph=True)
+
+
+def _rebuild_locked(store: Store, keep_graph: bool) -> list[str]:
+    lines = []
+    old = _old_graph(store)  # read first: even a graph that disagrees with runs/ still knows their runs
+    if not keep_graph and (store.graph_path.exists() or store.graph_path.is_symlink()):
+        lines.append(f"moved {store.graph_path} to {store.quarantine(store.graph_path, 'graph')}")
+    records, damaged = store.scan_runs()
+    recovered = []
+    for path, why in damaged:
+        raw = _read_raw(path)
+        target = store.quarantine(path, "runs")
+        lines.append(f"moved damaged run record {path} ({why}) to {target}")
+        record = _recover(old, path.stem)
+        if record is not None:
+            store.put_run(record)
+            recovered.append(record)
+            refs = ", ".join(f"{o['name']}@{o['digest'][:12]}" for o in record["outputs"]) or "no versions"
+            lines.append(f"  recovered run {record['id']} ({record['stage']}, {refs}) from lineage.json")
+        else:
+            lines += _unrecoverable(store, raw, records)
+    graph = Graph.rebuild(store)
+    if recovered and old is not None:
+        _restore_aliases(store, graph, old, recovered[-1])
+        graph = Graph.rebuild(store)
+    graph.save(store)
+    lines.append(f"lineage.json rebuilt from runs/: {len(graph.all_versions())} versions, {len(graph.runs)} runs")
+    return lines
+
+
+def _old_graph(store: Store) -> Graph | None:
+    try:
+        return Graph.from_json(parse_json(read_no_follow(store.graph_path)))
+    except (OSError, CorruptRecord):
+        return None
+
+
+def _read_raw(path: Path) -> bytes:
+    try:
+        return read_no_follow(path)
+    except OSError:
+        return b""
+
+
+def _recover(old: Graph | None, run_id: str) -> dict | None:
+    """A run record rebuilt from lineage.json's summary of the run, or None if it does not know it."""
+    summary = old.runs.get(run_id) if old is not None else None
+    if summary is None or not isinstance(summary.get("status"), str):
+        return None
+
+    def sized(item: dict) -> dict:
+        version = old.find(item["name"], item["digest"])
+        return {"name": item["name"], "digest": item["digest"], "size": version.size if version else 0,
+                "count": version.count if version else 0}
+
+    text = {key: summary[key] if isinstance(summary.get(key), str) else None
+            for key in ("cache_key", "started", "finished")}
+    # The original commit time is lost with the record; its finish time, a moment earlier, keeps the order.
+    return {"id": run_id, "stage": summary["stage"], "status": summary["status"], **text,
+            "committed": text["finished"], "inputs": [dict(i) for i in summary["inputs"]],
+            "outputs": [sized(o) for o in summary["outputs"]], "aliases": [], "recovered": RECOVERED_NOTE}
+
+
+def _restore_aliases(store: Store, graph: Graph, old: Graph, record: dict) -> None:
+    """Aliases that only the damaged records set (`alias` runs) are added back to the last recovered record."""
+    lost = []
+    for version in old.all_versions():
+        now = graph.find(version.name, version.digest)
+        for alias in version.aliases:
+            if alias != "latest" and (now is None or alias not in now.aliases):
+                lost.append({"name": version.name, "digest": version.digest, "alias": alias})
+    if lost:
+        record["aliases"] = lost
+        store.put_run(record)
+
+
+def _unrecoverable(store: Store, raw: bytes, records: list[dict]) -> list[str]:
+    """Name the versions the damaged record may have committed that no other run records."""
+    recorded = {(o["name"], o["digest"]) for r in records for o in r.get("outputs", [])}
+    mentioned = {key for key in store.quarantined_versions() if key[1].encode() in raw} - recorded
+    if not mentioned:
+        return ["  lineage.json did not know this run and no version it made can be told: nothing more to do "
+                "unless `pipeline.py ls` misses a version, whose stage you then re-run with --force"]
+    stage_of = {o["name"]: r["stage"] for r in records for o in r.get("outputs", [])}
+    named = _STAGE_BYTES.search(raw)  # the damaged bytes may still say which stage it was
+    lines = []
+    for name, digest in sorted(mentioned):
+        stage = named.group(1).decode() if named else stage_of.get(name, f"<the stage that makes {name}>")
+        lines.append(f"  {name}@{digest[:12]} lost its run record: re-run `pipeline.py {stage} --force` with the "
+                     "config that made it to record it again (same inputs give the same digest); gc keeps its "
+                     "manifest meanwhile")
+    return lines

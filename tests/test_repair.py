@@ -1,0 +1,369 @@
+"""A damaged store is never a dead end: every kind of damage is one line naming the file and the fix,
+and following that advice literally leaves `verify` clean with every committed version still there.
+
+Each test damages a real store the way a power loss, an editor or a hostile hand would (truncated,
+binary garbage, `[]`, `{}`, `null`, wrong-typed fields, a digest that climbs out of the store), runs
+the real CLI, then runs the very command the message printed. TensorFlow stays out: ingest and split
+are enough to make every kind of store file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import make_class_folders, run_cli
+from lineage.errors import UserError
+from lineage.records import CorruptRecord
+from lineage.store import Store, canonical_json, sha256_bytes
+
+ESCAPE = "../" * 16 + "etc/passwd"  # deep enough to reach / from any store
+DAMAGES = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "binary": lambda data: bytes(range(256)) * 3,
+    "list": lambda data: b"[]",
+    "empty": lambda data: b"{}",
+    "null": lambda data: b"null",
+}
+
+
+@pytest.fixture
+def committed(tmp_path):
+    """A store with raw-data:v1, split:v1 and split:v2, and the config that made them."""
+    source = make_class_folders(tmp_path / "src", {"Aves": 6, "Fungi": 6})
+    store = tmp_path / "store"
+    config = tmp_path / "config.yaml"
+    config.write_text(f"store: {store}\nstages: [ingest, split]\ningest:\n  source: {source}\n"
+                      "split:\n  per_class: {train: 3, val: 2, test: 1}\n")
+    assert run_cli("run", "--config", str(config)).returncode == 0
+    assert run_cli("split", "--config", str(config), "--set", "split.seed=7").returncode == 0
+    versions = {row["ref"]: row["digest"] for row in json.loads(cli(config, "ls", "--json").stdout)}
+    assert set(versions) == {"raw-data:v1", "split:v1", "split:v2"}
+    return config, store, versions
+
+
+def cli(config: Path, *args: str):
+    return run_cli(*args, "--config", str(config))
+
+
+def one_error_line(result) -> str:
+    """The CLI failed the way a user error must: exit 1, one `error:` line on stderr, no traceback."""
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def advice(message: str) -> list[list[str]]:
+    """The `pipeline.py …` commands a message tells the user to run, in order."""
+    return [command.split()[1:] for command in re.findall(r"`(pipeline\.py [^`]+)`", message)]
+
+
+def follow(config: Path, message: str, only: str | None = None) -> None:
+    """Run what the message says (with the user's config), as a user would; `only` picks one command."""
+    commands = [c for c in advice(message) if only is None or c[0] == only]
+    assert commands, f"no command to follow in: {message}"
+    for command in commands[:1] if only else commands:
+        result = cli(config, *command)
+        assert "Traceback" not in result.stderr, result.stderr
+
+
+def assert_intact(config: Path, versions: dict[str, str]) -> None:
+    """`verify` is clean and every committed version resolves to the digest it had."""
+    checked = cli(config, "verify")
+    assert checked.returncode == 0 and " 0 problem(s)" in checked.stdout, checked.stdout + checked.stderr
+    for ref, digest in versions.items():
+        shown = cli(config, "show", ref, "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["digest"] == digest
+
+
+def run_record_of(store: Path, stage: str) -> Path:
+    found = [p for p in (store / "runs").glob("*.json") if json.loads(p.read_bytes())["stage"] == stage]
+    return sorted(found)[0]
+
+
+# -- run records --------------------------------------------------------------------------
+
+def _wrong_types(data: bytes) -> bytes:
+    record = json.loads(data)
+    record.update(stage=5, outputs="raw-data")
+    return json.dumps(record).encode()
+
+
+def _escaping_digest(data: bytes) -> bytes:
+    record = json.loads(data)
+    record["outputs"][0]["digest"] = ESCAPE
+    return json.dumps(record).encode()
+
+
+RUN_DAMAGES = {**DAMAGES, "wrong_types": _wrong_types, "escaping_digest": _escaping_digest}
+
+
+@pytest.mark.parametrize("damage", sorted(RUN_DAMAGES))
+def test_damaged_run_record_is_one_line_and_lineage_rebuild_recovers_it(committed, damage):
+    config, store, versions = committed
+    record = run_record_of(store, "ingest")
+    record.write_bytes(RUN_DAMAGES[damage](record.read_bytes()))
+
+    message = one_error_line(cli(config, "show", "raw-data:v1"))  # show reads the record that made it
+    assert str(record) in message and "`pipeline.py lineage --rebuild`" in message
+    assert one_error_line(cli(config, "gc")) == message  # gc cannot tell what is live: it stops
+    checked = cli(config, "verify")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert str(record) in checked.stdout and "`pipeline.py lineage --rebuild`" in checked.stdout
+
+    follow(config, message)
+    assert_intact(config, versions)
+    assert (store / "quarantine" / "runs" / record.name).exists()  # moved aside, not deleted
+    recovered = json.loads(record.read_bytes())
+    assert recovered["recovered"] and recovered["outputs"][0]["digest"] == versions["raw-data:v1"]
+
+
+def test_run_record_lost_with_lineage_json_is_recorded_again_by_rerunning_its_stage(committed):
+    config, store, versions = committed
+    record = run_record_of(store, "ingest")
+    record.write_bytes(record.read_bytes()[:-40])  # truncated: its output digest survives, lineage.json does not
+    (store / "lineage.json").write_bytes(b"null")
+
+    message = one_error_line(cli(config, "ls"))  # a rebuild is needed, and a record is damaged
+    assert str(record) in message and "lineage --rebuild" in message
+    rebuilt = cli(config, "lineage", "--rebuild")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"raw-data@{versions['raw-data:v1'][:12]} lost its run record" in rebuilt.stdout
+    assert (versions_keys := Store.open(store).quarantined_versions()) == {("raw-data", versions["raw-data:v1"])}, \
+        versions_keys  # what gc must keep until the stage runs again
+    follow(config, rebuilt.stdout, only="ingest")
+    assert_intact(config, versions)
+
+
+# -- manifests ----------------------------------------------------------------------------
+
+def _manifest_path(store: Path, name: str, digest: str) -> Path:
+    return store / "manifests" / name / f"{digest}.json"
+
+
+def _entries_wrong_type(data: bytes) -> bytes:
+    return canonical_json({**json.loads(data), "entries": "everything"})
+
+
+def _entry_escapes(data: bytes) -> bytes:
+    manifest = json.loads(data)
+    manifest["entries"][0]["digest"] = ESCAPE
+    return canonical_json(manifest)
+
+
+MANIFEST_DAMAGES = {**DAMAGES, "wrong_types": _entries_wrong_type, "escaping_digest": _entry_escapes}
+
+
+@pytest.mark.parametrize("damage", sorted(MANIFEST_DAMAGES))
+def test_damaged_manifest_names_the_stage_that_rewrites_it(committed, damage):
+    config, store, versions = committed
+    path = _manifest_path(store, "raw-data", versions["raw-data:v1"])
+    path.write_bytes(MANIFEST_DAMAGES[damage](path.read_bytes()))
+
+    message = one_error_line(cli(config, "show", "raw-data:v1"))
+    assert str(path) in message and "`pipeline.py ingest --force`" in message
+    assert "ingest --force" in one_error_line(cli(config, "split", "--force"))  # split reads it as its input
+    assert "Traceback" not in cli(config, "gc").stderr
+    checked = cli(config, "verify")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    assert str(path) in checked.stdout and "`pipeline.py ingest --force`" in checked.stdout
+
+    follow(config, message, only="ingest")
+    assert_intact(config, versions)
+
+
+def test_verify_repair_quarantines_a_damaged_manifest_and_its_stage_rewrites_it(committed):
+    config, store, versions = committed
+    path = _manifest_path(store, "split", versions["split:v1"])
+    path.write_bytes(b"{}")
+    repaired = cli(config, "verify", "--repair")
+    assert repaired.returncode == 1 and "Traceback" not in repaired.stderr
+    assert (store / "quarantine" / "manifests" / "split" / path.name).read_bytes() == b"{}"
+    assert not path.exists()
+    # numbers never shift while a manifest is away: split:v2 is still split:v2
+    assert json.loads(cli(config, "show", "split:v2", "--json").stdout)["digest"] == versions["split:v2"]
+    missing = one_error_line(cli(config, "show", "split:v1"))
+    assert "is missing" in missing and "`pipeline.py split --force`" in missing
+    assert "next: re-run `pipeline.py split --force`" in repaired.stdout
+    follow(config, missing, only="split")  # split:v1 was made with the config's own seed
+    assert_intact(config, versions)
+
+
+def test_a_hostile_manifest_under_its_own_hash_never_reaches_outside_the_store(tmp_path):
+    store = Store.open(tmp_path / "s", create=True)
+    body = canonical_json({"name": "eval", "files": {"report.html": {"digest": ESCAPE, "size": 1}}})
+    digest = sha256_bytes(body)
+    path = store.manifest_path("eval", digest)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)  # its name is its hash: only the check of its fields can catch it
+    with pytest.raises(CorruptRecord, match="bad digest"):
+        store.load_manifest("eval", digest)
+    with pytest.raises(UserError, match="is not an object digest"):
+        store.read_object(ESCAPE)
+    with pytest.raises(UserError, match="not a version reference"):
+        store.manifest_path("../../x", digest)
+
+
+# -- objects ------------------------------------------------------------------------------
+
+def _an_object(store: Path, versions: dict[str, str]) -> Path:
+    manifest = json.loads(_manifest_path(store, "raw-data", versions["raw-data:v1"]).read_bytes())
+    digest = manifest["entries"][0]["digest"]
+    return store / "objects" / "sha256" / digest[:2] / digest[2:]
+
+
+def test_truncated_object_is_rewritten_by_ingest_force(committed):
+    config, store, versions = committed
+    blob = _an_object(store, versions)
+    intact = blob.read_bytes()
+    blob.write_bytes(intact[:10])  # a power loss: objects are not fsynced one by one
+    checked = cli(config, "verify")
+    assert checked.returncode == 1 and f"object {blob.parent.name}" in checked.stdout
+    line = next(line for line in checked.stdout.splitlines() if str(blob) in line)
+    assert "`pipeline.py ingest --force`" in line
+    follow(config, line, only="ingest")
+    assert blob.read_bytes() == intact
+    assert_intact(config, versions)
+
+
+def test_flipped_byte_is_quarantined_by_repair_and_rewritten_by_ingest_force(committed):
+    config, store, versions = committed
+    blob = _an_object(store, versions)
+    intact = bytearray(blob.read_bytes())
+    intact[len(intact) // 2] ^= 0xFF
+    blob.write_bytes(bytes(intact))  # same size: only a re-hash sees it
+    repaired = cli(config, "verify", "--repair")
+    assert repaired.returncode == 1 and "Traceback" not in repaired.stderr
+    assert (store / "quarantine" / "objects" / blob.parent.name / blob.name).read_bytes() == bytes(intact)
+    nexts = [line for line in repaired.stdout.splitlines() if line.startswith("repair: next:")]
+    assert nexts and all("`pipeline.py ingest --force`" in line for line in nexts)
+    follow(config, nexts[0], only="ingest")
+    assert_intact(config, versions)
+
+
+def test_flipped_byte_is_rewritten_by_ingest_force_alone(committed):
+    config, store, versions = committed
+    blob = _an_object(store, versions)
+    intact = blob.read_bytes()
+    blob.write_bytes(bytes([intact[0] ^ 1]) + intact[1:])
+    assert cli(config, "ingest", "--force").returncode == 0
+    assert blob.read_bytes() == intact
+    assert_intact(config, versions)
+
+
+def test_symlinked_object_is_reported_and_not_followed(committed, tmp_path):
+    config, store, versions = committed
+    blob = _an_object(store, versions)
+    outside = tmp_path / "outside.png"
+    outside.write_bytes(blob.read_bytes())
+    blob.unlink()
+    blob.symlink_to(outside)
+    checked = cli(config, "verify")
+    assert checked.returncode == 1 and "symlink" in checked.stdout
+    assert cli(config, "ingest", "--force").returncode == 0
+    assert not blob.is_symlink() and outside.exists()
+    assert_intact(config, versions)
+
+
+# -- lineage.json (derived: any damage is a silent rebuild) -------------------------------
+
+def _graph_wrong_types(data: bytes) -> bytes:
+    graph = json.loads(data)
+    graph["versions"]["raw-data"][0]["v"] = "one"
+    return json.dumps(graph).encode()
+
+
+def _graph_escaping_digest(data: bytes) -> bytes:
+    graph = json.loads(data)
+    graph["versions"]["raw-data"][0]["digest"] = ESCAPE
+    return json.dumps(graph).encode()
+
+
+@pytest.mark.parametrize("damage", sorted({**DAMAGES, "wrong_types": _graph_wrong_types,
+                                           "escaping_digest": _graph_escaping_digest}))
+def test_damaged_lineage_json_is_rebuilt_silently(committed, damage):
+    config, store, versions = committed
+    graph = store / "lineage.json"
+    damages = {**DAMAGES, "wrong_types": _graph_wrong_types, "escaping_digest": _graph_escaping_digest}
+    graph.write_bytes(damages[damage](graph.read_bytes()))
+    listed = cli(config, "ls", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert {row["ref"]: row["digest"] for row in json.loads(listed.stdout)} == versions
+    assert_intact(config, versions)
+
+
+# -- caches (disposable: a damaged one is recomputed and overwritten, never an error) -------
+
+@pytest.mark.parametrize("damage", sorted({**DAMAGES, "hostile_entry": None}))
+def test_damaged_stat_cache_is_recomputed(committed, damage):
+    config, store, versions = committed
+    [cache] = (store / "cache" / "stat").glob("*.json")
+    data = cache.read_bytes()
+    if damage == "hostile_entry":  # unchanged files whose cached digest climbs out of the store (to a real file)
+        stat_cache = json.loads(data)
+        for hit in stat_cache["files"].values():
+            hit["digest"] = ESCAPE
+        cache.write_bytes(json.dumps(stat_cache).encode())
+    else:
+        cache.write_bytes(DAMAGES[damage](data))
+    source = Path(re.search(r"source: (.*)", config.read_text()).group(1))
+    make_class_folders(source, {"Aves": 7}, seed=9)  # one new file: a real run that consults the cache
+    again = cli(config, "ingest")
+    assert again.returncode == 0 and "raw-data:v2" in again.stdout, again.stderr
+    rewritten = json.loads(cache.read_bytes())
+    assert len(rewritten["files"]) == 13 and all(hit["digest"] != ESCAPE for hit in rewritten["files"].values())
+    assert_intact(config, versions)
+
+
+@pytest.mark.parametrize("damage", sorted({**DAMAGES, "wrong_types": None}))
+def test_damaged_decode_cache_sidecar_is_recomputed(tmp_path, damage):
+    from models.data import decode_images
+
+    photos = make_class_folders(tmp_path / "photos", {"a": 3, "b": 3})
+    paths = sorted(str(p) for p in photos.rglob("*.png"))
+    cache_file = str(tmp_path / "cache" / "split.npy")
+    first = np.array(decode_images(paths, 8, cache_file=cache_file, workers=1, progress=False).images)
+    sidecar = Path(f"{cache_file}.json")
+    if damage == "wrong_types":
+        sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "failures": [[99, 1]]}))
+    else:
+        sidecar.write_bytes(DAMAGES[damage](sidecar.read_bytes()))
+    again = decode_images(paths, 8, cache_file=cache_file, workers=1, progress=False)
+    assert np.array_equal(np.array(again.images), first)
+    assert json.loads(sidecar.read_text())["failures"] == []  # rewritten
+
+
+@pytest.mark.parametrize("damage", ["truncated", "binary", "empty"])
+def test_damaged_thumbnail_is_made_again(committed, damage):
+    from lineage.graph import Graph
+    from lineage.runner import Artifact, StageContext
+    from stages import evaluate
+
+    config, store_dir, versions = committed
+    store = Store.open(store_dir)
+    graph = Graph.load(store)
+    raw = Artifact.open(store, graph, graph.resolve("raw-data:v1"))
+    ids = [e["digest"] for e in raw.manifest["entries"]][:3] + [ESCAPE]
+    params, ctx = evaluate.Params(workers=1), StageContext(store, "evaluate", log=lambda m: None)
+    made = evaluate.thumbnails(raw, ids, params, ctx)
+    assert set(made) == set(ids[:3])  # the id that is no digest gets no thumbnail, and no path
+    cached = store.cache_dir / "thumbnails" / str(params.thumbnail_px) / ids[0]
+    cached.write_bytes(b"" if damage == "empty" else DAMAGES[damage](cached.read_bytes()))
+    again = evaluate.thumbnails(raw, ids, params, ctx)
+    assert again == made and cached.read_bytes() == made[ids[0]]
+
+
+def test_writing_an_object_again_replaces_a_truncated_copy_without_force(tmp_path):
+    """The one lstat a write makes anyway sees a wrong size: no --force needed for a power-loss cut."""
+    store = Store.open(tmp_path / "s", create=True)
+    digest = store.put_bytes(b"the whole blob")
+    store.object_path(digest).write_bytes(b"the wh")
+    assert store.put_bytes(b"the whole blob") == digest
+    assert store.read_object(digest) == b"the whole blob"
