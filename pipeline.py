@@ -14,25 +14,45 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from lineage.errors import UserError
 
 STAGE_COMMANDS = ("ingest", "split", "train", "infer", "evaluate")
+OPENED_STORES: list = []  # the stores this command opened, for naming one in an error that names no file
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lineage.environment import describe_interrupt, describe_os_error
+
     args = build_parser().parse_args(argv)
+    _quiet_tensorflow(getattr(args, "verbose", False))
     try:
         return args.handler(args) or 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: the store is as it was before this run", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        print(describe_interrupt(error), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as error:  # a read-only or full disk, a folder where a file should be: one line
+        message = describe_os_error(error, OPENED_STORES)
+        if message is None or getattr(args, "verbose", False):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+
+
+def _quiet_tensorflow(verbose: bool) -> None:
+    """TensorFlow's C++ start-up lines (oneDNN, CPU features, absl) only with --verbose. Set before
+    TensorFlow is imported, and never over a level the user chose; models/quiet.py hides the rest."""
+    if verbose:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 # -- the stages ----------------------------------------------------------------------------
@@ -44,25 +64,46 @@ def cmd_stage(args) -> int:
     config = _config(args)
     if args.command == "ingest" and args.source:
         config.sections["ingest"]["source"] = args.source
+    params = config.check([args.command])[args.command]
     store = _store(config, create=args.command == "ingest")
-    result = runner.execute(store, stage_module(args.command), config.params(args.command), force=args.force,
+    result = runner.execute(store, stage_module(args.command), params, force=args.force,
                             aliases=args.alias, log=_logger(args), progress=_progress(args))
     _say_result(result)
     return 0
 
 
 def cmd_run(args) -> int:
-    """Run the configured stages in order, each only if something it depends on changed."""
+    """Run the configured stages in order, each only if something it depends on changed.
+
+    Every stage's params are checked before the first starts, and the class names later stages
+    use as soon as the data's classes are known: a config that cannot succeed fails in seconds."""
     from lineage import runner
+    from lineage.graph import Graph
     from stages.config import stage_module
 
     config = _config(args)
+    params = config.check(config.stages)
     store = _store(config, create="ingest" in config.stages)
-    for name in config.stages:
-        result = runner.execute(store, stage_module(name), config.params(name), force=args.force,
+    first = stage_module(config.stages[0])
+    if config.stages[0] != "ingest":  # its inputs exist already: their classes are known now
+        graph = Graph.load(store)
+        inputs = [graph.resolve(ref) for ref in first.input_refs(params[config.stages[0]]).values()]
+        _check_known_classes(store, config, config.stages, inputs)
+    for position, name in enumerate(config.stages):
+        result = runner.execute(store, stage_module(name), params[name], force=args.force,
                                 log=_logger(args), progress=_progress(args))
         _say_result(result)
+        _check_known_classes(store, config, config.stages[position + 1:], result.outputs)
     return 0
+
+
+def _check_known_classes(store, config, stages: list[str], versions) -> None:
+    """Check the later stages' class names against the first of these versions that has classes."""
+    for version in versions:
+        classes = store.read_manifest(version.name, version.digest).get("meta", {}).get("classes")
+        if classes:
+            config.check_classes(stages, classes, version.ref)
+            return
 
 
 def cmd_why(args) -> int:
@@ -74,7 +115,7 @@ def cmd_why(args) -> int:
     store = _store(config)
     graph = Graph.load(store)
     stage = stage_module(args.stage)
-    params = config.params(args.stage)
+    params = config.check([args.stage])[args.stage]
     the_plan = runner.plan(store, graph, stage, params)
     reuse = graph.finished_run_with_key(the_plan.cache_key)
     if reuse:
@@ -131,11 +172,10 @@ def cmd_lineage(args) -> int:
 
     store = _store(_config(args))
     if args.rebuild:
-        with store.locked():
-            graph = Graph.rebuild(store)
-            graph.save(store)
-        print(f"lineage.json rebuilt from runs/ and manifests/: {len(graph.all_versions())} versions, "
-              f"{len(graph.runs)} runs")
+        from lineage.repair import rebuild_lineage
+
+        for line in rebuild_lineage(store):
+            print(line)
         return 0
     graph = Graph.load(store)
     if args.format != "tree":
@@ -151,7 +191,8 @@ def cmd_lineage(args) -> int:
 def cmd_verify(args) -> int:
     from lineage.verify import verify
 
-    report = verify(_store(_config(args)))
+    store = _store(_config(args))
+    report = verify(store)
     for problem in report.problems:
         print(f"problem: {problem}")
     print(f"verify: {report.checked_objects:,} objects, {report.checked_manifests} manifests, "
@@ -160,21 +201,47 @@ def cmd_verify(args) -> int:
     if garbage:
         print(f"  {report.garbage_objects} unreferenced object(s), {report.garbage_manifests} orphan manifest(s), "
               f"{report.staging_leftovers} staging leftover(s) from interrupted runs: `pipeline.py gc` lists them")
+    if args.repair and (report.damaged or report.graph_damaged):
+        from lineage.repair import repair
+
+        lines = repair(store, report)
+        for line in lines:
+            print(f"repair: {line}")
+        return 1 if any(line.startswith("next:") for line in lines) else 0
+    if report.problems and not args.repair and report.damaged:
+        print("  `pipeline.py verify --repair` moves the damaged files to quarantine/ (nothing is deleted)")
     return 1 if report.problems else 0
 
 
 def cmd_gc(args) -> int:
-    from lineage.display import human_size
-    from lineage.verify import collect_garbage
+    import math
 
-    result = collect_garbage(_store(_config(args)), delete=args.yes, grace_seconds=args.grace_minutes * 60)
-    for kind in ("objects", "manifests", "staging"):
-        for path in result[kind]:
-            print(f"{'removed' if args.yes else 'would remove'} {kind[:-1] if kind != 'staging' else kind} {path}")
-    total = sum(len(result[k]) for k in ("objects", "manifests", "staging"))
-    verb = "removed" if args.yes else "unreferenced"
-    print(f"gc: {total} item(s) {verb}, {human_size(result['bytes'])}"
-          + ("" if args.yes or not total else "; run `pipeline.py gc --yes` to remove them"))
+    from lineage.display import human_size
+    from lineage.gc import collect_garbage
+
+    if not math.isfinite(args.grace_minutes) or args.grace_minutes < 0:
+        raise UserError(f"--grace-minutes is {args.grace_minutes}: give 0 or more minutes")
+    garbage = collect_garbage(_store(_config(args)), delete=args.yes, grace_seconds=args.grace_minutes * 60,
+                              wait=args.wait, log=lambda message: print(message, file=sys.stderr))
+    verb = "removed" if args.yes else "would remove"
+    for kind, paths in (("object", garbage.objects), ("manifest", garbage.manifests), ("staging", garbage.staging)):
+        for path in paths:
+            print(f"{verb} {kind} {path}")
+    for record in garbage.stale_records:
+        print(f"{verb} stale in-progress record {record.path} (a run of {record.describe()} that was killed)")
+    for item in garbage.foreign:
+        print(f"left alone: {item}")
+    for item in garbage.failed:
+        print(f"could not remove {item}")
+    if garbage.in_progress:
+        print(f"note: {len(garbage.in_progress)} run(s) in progress: "
+              + "; ".join(r.describe() for r in garbage.in_progress)
+              + ": what they are staging may be listed; `gc --yes` waits for them with --wait")
+    print(f"gc: {garbage.count} item(s) {'removed' if args.yes else 'unreferenced'}, {human_size(garbage.bytes)}"
+          + ("" if args.yes or not garbage.count else "; run `pipeline.py gc --yes` to remove them"))
+    if garbage.failed:
+        raise UserError(f"{len(garbage.failed)} item(s) could not be removed, first {garbage.failed[0]}: "
+                        "check the store's permissions and run gc again")
     return 0
 
 
@@ -207,6 +274,8 @@ def cmd_report(args) -> int:
     from lineage import runner
     from stages import evaluate
 
+    if args.out:  # before evaluating: a bad --out should not cost an evaluation first
+        _check_report_path(Path(args.out))
     config = _config(args)
     store = _store(config)
     config.sections["evaluate"].update(input=args.refs[0], across=args.refs[1:])
@@ -217,11 +286,24 @@ def cmd_report(args) -> int:
     version = result.outputs[0]
     manifest = store.read_manifest(version.name, version.digest)
     out = Path(args.out or f"reports/{version.name}-v{version.v}.html")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(store.read_object(manifest["files"]["report.html"]["digest"]))
+    _check_report_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(store.read_object(manifest["files"]["report.html"]["digest"]))
+    except OSError as error:
+        raise UserError(f"cannot write the report to {out} ({error.strerror}): {version.ref} is in the store; "
+                        "pass --out with a writable file path") from None
     _say_result(result)
     print(f"report: {out.resolve()}")
     return 0
+
+
+def _check_report_path(out) -> None:
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder: name the HTML file to write, e.g. {out / 'report.html'}")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserError(f"--out {out} cannot be written: {blocking} is a file, not a folder; pass another path")
 
 
 def cmd_demo_data(args) -> int:
@@ -260,7 +342,9 @@ def _config(args):
 def _store(config, create: bool = False):
     from lineage.store import Store
 
-    return Store.open(config.store, create=create)
+    store = Store.open(config.store, create=create)
+    OPENED_STORES.append(store.root)
+    return store
 
 
 def _progress(args) -> bool:
@@ -279,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config key, e.g. --set split.seed=3 (repeatable)")
     common.add_argument("--store", help="artifact store folder (default: the config's store, else artifacts/)")
     common.add_argument("--quiet", "-q", action="store_true", help="print only the result line")
+    common.add_argument("--verbose", action="store_true",
+                        help="also show TensorFlow's start-up lines, and the traceback behind a disk error")
 
     parser = argparse.ArgumentParser(prog="pipeline.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,12 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_lineage)
 
     sub = commands.add_parser("verify", parents=[common], help="re-hash objects, check manifests and the graph")
+    sub.add_argument("--repair", action="store_true",
+                     help="move damaged files to quarantine/ (nothing is deleted), rebuild lineage.json, "
+                          "and say which stage to re-run")
     sub.set_defaults(handler=cmd_verify)
 
     sub = commands.add_parser("gc", parents=[common], help="list (and with --yes remove) unreferenced objects")
     sub.add_argument("--yes", action="store_true", help="remove them")
     sub.add_argument("--grace-minutes", type=float, default=60.0,
-                     help="keep anything younger than this, as a running stage may be staging it (default 60)")
+                     help="also keep anything written, linked or renamed within this many minutes, a second line "
+                          "of defence: runs in progress are protected by a lock, not by this (default 60)")
+    sub.add_argument("--wait", action="store_true",
+                     help="with runs in progress, wait for them to finish instead of failing at once")
     sub.set_defaults(handler=cmd_gc)
 
     sub = commands.add_parser("table", parents=[common], help="filter, sort and group a predictions table")
@@ -367,4 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # while Python was still importing, before main() could run anything
+        print("interrupted: nothing was committed; the store is as it was", file=sys.stderr)
+        sys.exit(130)

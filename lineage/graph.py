@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from lineage.errors import UserError
-from lineage.store import Store
+from lineage.records import CorruptRecord, check_run_summary, is_digest, is_name, parse_json
+from lineage.store import Store, read_no_follow
 
 GRAPH_FORMAT = 1
 DIGEST_PREFIX_MIN = 4
@@ -56,7 +57,11 @@ class Graph:
 
     @classmethod
     def rebuild(cls, store: Store) -> "Graph":
-        """Derive the whole graph from runs/ and manifests/ alone."""
+        """Derive the whole graph from runs/ alone (a damaged record is a UserError naming it).
+
+        Every version a finished run committed keeps its number even while its manifest is missing
+        or quarantined: numbers never shift under `show name:vN`, and re-running the stage that made
+        it brings the manifest back under the same number."""
         records = sorted(store.read_runs(), key=lambda r: (r.get("committed") or "", r["id"]))
         versions: dict[str, list[Version]] = {}
         by_digest: dict[tuple[str, str], Version] = {}
@@ -69,7 +74,7 @@ class Graph:
                 continue
             for output in record.get("outputs", []):
                 key = (output["name"], output["digest"])
-                if key not in by_digest and store.manifest_path(*key).exists():
+                if key not in by_digest:
                     chain = versions.setdefault(output["name"], [])
                     version = Version(output["name"], len(chain) + 1, output["digest"], record["id"],
                                       record.get("finished"), output.get("size", 0), output.get("count", 0))
@@ -93,11 +98,11 @@ class Graph:
     def load(cls, store: Store) -> "Graph":
         """Read lineage.json, rebuilding it when it is missing, corrupt or behind runs/."""
         runs_on_disk = sum(1 for name in _listdir(store.runs_dir) if name.endswith(".json"))
-        try:
-            data = json.loads(store.graph_path.read_bytes())
-            if data.get("format") == GRAPH_FORMAT and data.get("runs_seen") == runs_on_disk:
+        try:  # lineage.json is derived: any damage to it (binary, truncated, [], {}, null) is a rebuild
+            data = parse_json(read_no_follow(store.graph_path))
+            if isinstance(data, dict) and data.get("format") == GRAPH_FORMAT and data.get("runs_seen") == runs_on_disk:
                 return cls.from_json(data)
-        except (FileNotFoundError, json.JSONDecodeError, KeyError, TypeError):
+        except (OSError, CorruptRecord):
             pass
         with store.locked():
             graph = cls.rebuild(store)
@@ -106,8 +111,17 @@ class Graph:
 
     @classmethod
     def from_json(cls, data: dict) -> "Graph":
-        versions = {name: [Version(name=name, **entry) for entry in chain]
-                    for name, chain in data["versions"].items()}
+        """The graph as save() wrote it; CorruptRecord if it is anything else (callers rebuild then)."""
+        if not isinstance(data, dict) or not isinstance(data.get("versions"), dict) \
+                or not isinstance(data.get("runs"), dict) or not _is_count(data.get("runs_seen")):
+            raise CorruptRecord("lineage.json is not a graph")
+        versions = {}
+        for name, chain in data["versions"].items():
+            if not is_name(name) or not isinstance(chain, list):
+                raise CorruptRecord(f"lineage.json: artifact {name[:40]!r} is malformed")
+            versions[name] = [_version_from_json(name, number, entry) for number, entry in enumerate(chain, 1)]
+        for run_id, run in data["runs"].items():
+            check_run_summary(run, run_id)
         return cls(versions, data["runs"], data["runs_seen"])
 
     def to_json(self) -> dict:
@@ -218,8 +232,8 @@ def _extend(store: Store, record: dict) -> Graph:
     """Add one run to the graph on disk; falls back to a rebuild if the file lags or is damaged."""
     runs_on_disk = sum(1 for name in _listdir(store.runs_dir) if name.endswith(".json"))
     try:
-        graph = Graph.from_json(json.loads(store.graph_path.read_bytes()))
-    except (json.JSONDecodeError, KeyError, TypeError):
+        graph = Graph.from_json(parse_json(read_no_follow(store.graph_path)))
+    except (OSError, CorruptRecord):
         return Graph.rebuild(store)
     if graph.runs_seen != runs_on_disk - 1:
         return Graph.rebuild(store)
@@ -262,6 +276,23 @@ def _run_summary(record: dict) -> dict:
         "inputs": [{"name": i["name"], "digest": i["digest"]} for i in record.get("inputs", [])],
         "outputs": [{"name": o["name"], "digest": o["digest"]} for o in record.get("outputs", [])],
     }
+
+
+_VERSION_KEYS = {"v", "digest", "run", "created", "size", "count", "aliases"}
+
+
+def _version_from_json(name: str, number: int, entry) -> Version:
+    if not isinstance(entry, dict) or set(entry) != _VERSION_KEYS or entry["v"] != number \
+            or not is_digest(entry["digest"]) or not (entry["run"] is None or is_name(entry["run"])) \
+            or not (entry["created"] is None or isinstance(entry["created"], str)) \
+            or not _is_count(entry["size"]) or not _is_count(entry["count"]) \
+            or not isinstance(entry["aliases"], list) or not all(isinstance(a, str) for a in entry["aliases"]):
+        raise CorruptRecord(f"lineage.json: {name}:v{number} is malformed")
+    return Version(name=name, **entry)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _listdir(path) -> list[str]:

@@ -16,13 +16,13 @@ import contextlib
 import dataclasses
 import datetime as dt
 import functools
-import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterator
 
 from lineage.errors import UserError
 from lineage.graph import Graph, Version, record_run
+from lineage.inprogress import run_in_progress
 from lineage.store import Store, canonical_json, sha256_bytes, sha256_file
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -109,26 +110,29 @@ class StageContext:
     log: Callable[[str], None] = print
     progress: bool = True
     temp_dirs: list[Path] = field(default_factory=list, repr=False)
+    # The run was asked for with --force: objects already in the store are re-hashed before they are
+    # trusted, so re-running a stage rewrites any that `verify` found corrupt (a normal run checks sizes only).
+    force: bool = False
 
     def put_bytes(self, data: bytes, digest: str | None = None) -> str:
-        return self.store.put_bytes(data, digest)
+        return self.store.put_bytes(data, digest, recheck=self.force)
 
     def put_blob(self, data: bytes) -> dict:
         """Stage bytes as an object; returns the {digest, size} a manifest's `files` entry holds."""
-        return {"digest": self.store.put_bytes(data), "size": len(data)}
+        return {"digest": self.store.put_bytes(data, recheck=self.force), "size": len(data)}
 
     def write_cache(self, path: Path, data: bytes) -> None:
         self.store.write_atomic(path, data, durable=False)
 
     def put_file(self, path: str | os.PathLike) -> dict:
-        digest, size = self.store.put_file(path)
+        digest, size = self.store.put_file(path, recheck=self.force)
         return {"digest": digest, "size": size}
 
     def missing_objects(self, digests: list[str]) -> list[str]:
         return self.store.missing_objects(digests)
 
     def add_object(self, data: bytes, digest: str, link_from: str | None = None) -> None:
-        self.store.add_object(data, digest, link_from)
+        self.store.add_object(data, digest, link_from, recheck=self.force)
 
     def cache_dir(self, *parts: str) -> Path:
         """A folder under the store's cache/ (derived, disposable; shared between stages)."""
@@ -194,10 +198,18 @@ def execute(store: Store, stage: ModuleType, params: Any, *, force: bool = False
             return reused
 
     run_id = _new_run_id()
+    # From before the stage stages (or finds an object already present) until its record is committed,
+    # the run holds its place in the store: gc cannot sweep what it is about to make live.
+    with run_in_progress(store, run_id, stage.NAME, log):
+        return _run_and_commit(store, stage, params, the_plan, graph, run_id, force, aliases, log, progress)
+
+
+def _run_and_commit(store: Store, stage: ModuleType, params: Any, the_plan: Plan, graph: Graph, run_id: str,
+                    force: bool, aliases: list[str], log: Callable[[str], None], progress: bool) -> RunResult:
     started = _now()
     t0 = time.perf_counter()
     inputs = {name: Artifact.open(store, graph, v) for name, v in the_plan.inputs.items()}
-    context = StageContext(store, stage.NAME, log, progress)
+    context = StageContext(store, stage.NAME, log, progress, force=force)
     record = _run_record(run_id, the_plan, started)
     try:
         outputs = stage.run(inputs, params, context)
@@ -220,7 +232,12 @@ def execute(store: Store, stage: ModuleType, params: Any, *, force: bool = False
     record["aliases"] += [{"name": o["name"], "digest": o["digest"], "alias": a} for o in written for a in aliases]
     record.update(status="finished", outputs=written, finished=_now(),
                   duration_s=round(time.perf_counter() - t0, 3))
-    graph = record_run(store, record)
+    try:
+        graph = record_run(store, record)
+    except BaseException as error:  # Ctrl-C or a full disk: the CLI must say whether the run record made it
+        if store.run_path(run_id).exists():
+            error.committed_refs = [f"{o['name']}@{o['digest'][:12]}" for o in written]
+        raise
     versions = [graph.find(o["name"], o["digest"]) for o in written]
     return RunResult(stage.NAME, versions, reused=False, run_id=run_id)
 
@@ -248,10 +265,29 @@ def _reuse(store: Store, graph: Graph, the_plan: Plan, aliases: list[str]) -> Ru
     return RunResult(the_plan.stage.NAME, versions, reused=True, run_id=run_id)
 
 
+ALIAS_MAX_CHARS = 100
+
+
 def check_alias(alias: str) -> None:
-    """`latest` and `vN` are the runner's; a colon or `@` would not resolve back."""
-    if not alias or alias == "latest" or alias[0] == "v" and alias[1:].isdigit() or ":" in alias or "@" in alias:
-        raise UserError(f"alias {alias!r} is reserved or malformed: pick a name like best or production")
+    """`latest` and `vN` are the runner's; a colon or `@` would not resolve back; blank, control
+    characters, edge whitespace or a page-long name would print as something other than what was typed."""
+    shown = repr(alias[:40] + "…" if len(alias) > 40 else alias)
+    why = None
+    if not alias.strip():
+        why = "is blank"
+    elif len(alias) > ALIAS_MAX_CHARS:
+        why = f"is {len(alias):,} characters long (at most {ALIAS_MAX_CHARS})"
+    elif any(unicodedata.category(c)[0] == "C" for c in alias):
+        why = "contains control or unprintable characters"
+    elif alias != alias.strip():
+        why = "starts or ends with whitespace"
+    elif ":" in alias or "@" in alias:
+        why = "contains ':' or '@', which separate a reference's parts"
+    elif alias == "latest" or alias[0] == "v" and alias[1:].isdigit():
+        why = "is reserved (latest and vN are set by the runner)"
+    if why:
+        raise UserError(f"alias {shown} {why}: pick a name like best or production "
+                        f"(printable, no ':' or '@', at most {ALIAS_MAX_CHARS} characters)")
 
 
 def set_alias(store: Store, version: Version, alias: str) -> None:
@@ -389,7 +425,9 @@ def explain(store: Store, graph: Graph, stage: ModuleType, params: Any) -> list[
     if found is None:
         return [f"{stage.NAME} has never run in this store"]
     run_id, _ = found
-    record = json.loads(store.run_path(run_id).read_bytes())
+    record = store.read_run(run_id)  # a damaged record is a UserError naming it and `lineage --rebuild`
+    if record is None:
+        return [f"{stage.NAME}'s last run {run_id} has no run record: run `pipeline.py lineage --rebuild`"]
     current = plan(store, graph, stage, params)
     if current.cache_key == record["cache_key"]:
         return []

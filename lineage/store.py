@@ -22,11 +22,14 @@ import fcntl
 import hashlib
 import json
 import os
+import re
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
 from lineage.errors import UserError
+from lineage.records import CorruptRecord, check_manifest, check_run, is_digest, is_name, parse_json
 
 HASH_CHUNK = 1 << 20
 STORE_MARKER = "objects"
@@ -61,6 +64,7 @@ class Store:
         self.tmp_dir = self.root / "tmp"
         self.graph_path = self.root / "lineage.json"
         self.lock_path = self.root / "lock"
+        self.quarantine_dir = self.root / "quarantine"  # damaged files moved aside by `verify --repair`
         self._objects_prefix = f"{self.objects_dir}/"
         self._present: set[str] = set()  # objects seen by missing_objects: they are never removed mid-run
         self._listed: set[str] = set()
@@ -73,7 +77,8 @@ class Store:
         store = cls(root)
         if store.root.exists() and not store.root.is_dir():
             raise UserError(f"store {store.root} is a file, not a folder: pass --store with a folder")
-        known = {"objects", "manifests", "runs", "cache", "tmp", "lineage.json", "lock", ".gitkeep"}
+        known = {"objects", "manifests", "runs", "cache", "tmp", "lineage.json", "lock", ".gitkeep", "quarantine",
+                 "inprogress", "runs.lock"}
         if store.root.is_dir() and not (store.root / STORE_MARKER).is_dir():
             strangers = sorted(p.name for p in store.root.iterdir() if p.name not in known)
             if strangers:
@@ -83,9 +88,24 @@ class Store:
         if not create and not (store.root / STORE_MARKER).is_dir():
             raise UserError(f"no artifact store at {store.root}: run `pipeline.py ingest` first, "
                             "or pass --store with the store's folder")
+        store.refuse_symlinks()
         for folder in (store.objects_dir, store.manifests_dir, store.runs_dir, store.cache_dir, store.tmp_dir):
             folder.mkdir(parents=True, exist_ok=True)
         return store
+
+    def refuse_symlinks(self) -> None:
+        """A store never writes or deletes through a link inside itself: a linked folder could point anywhere."""
+        for path in (self.objects_dir.parent, self.objects_dir, self.manifests_dir, self.runs_dir, self.cache_dir,
+                     self.tmp_dir, self.root / "inprogress", self.lock_path, self.root / "runs.lock"):
+            if os.path.islink(path):
+                raise UserError(f"{path} is a symlink (to {os.readlink(path)}), not part of the store: the store "
+                                "never follows links inside itself; replace it with a real folder, or remove it")
+
+    def forget_listings(self) -> None:
+        """Forget which objects were seen present: a run calls this when it takes its hold on the store,
+        as gc may have swept between two runs of one process (see lineage/inprogress.py)."""
+        self._present.clear()
+        self._listed.clear()
 
     # -- atomic writes -----------------------------------------------------------------
 
@@ -118,10 +138,16 @@ class Store:
     # -- objects -----------------------------------------------------------------------
 
     def object_path(self, digest: str) -> Path:
+        """An object's path; a digest that is not 64 hex characters (`../../etc/passwd` from an edited
+        manifest) is refused before any path is built from it."""
+        if not is_digest(digest):
+            raise UserError(f"{str(digest)[:80]!r} is not an object digest (64 hex characters): a manifest or "
+                            "run record is damaged; run `pipeline.py verify`")
         return Path(self.object_file(digest))
 
     def object_file(self, digest: str) -> str:
-        """The object's path as a string: the hot paths check 100,000 of these, and pathlib is slow."""
+        """The object's path as a string: the hot paths check 100,000 of these, and pathlib is slow.
+        Unchecked: callers pass digests they computed or read from a checked manifest."""
         return f"{self._objects_prefix}{digest[:2]}/{digest[2:]}"
 
     def has_object(self, digest: str) -> bool:
@@ -140,15 +166,28 @@ class Store:
                 pass
         return [d for d in missing if d not in self._present]
 
-    def put_bytes(self, data: bytes, digest: str | None = None) -> str:
-        """Store a blob; returns its digest. An object already present is not rewritten.
+    def put_bytes(self, data: bytes, digest: str | None = None, recheck: bool = False) -> str:
+        """Store a blob; returns its digest. An intact object already present is not rewritten.
 
-        Objects are not fsynced one by one (that would cost more than the whole ingest);
-        a blob cut short by a power loss fails `verify`'s re-hash and ingest rewrites it.
+        Objects are not fsynced one by one (that would cost more than the whole ingest). A blob
+        cut short by a power loss has the wrong size, which the one stat made anyway catches, so
+        the next write of the same content replaces it; a same-size corruption is caught by
+        `verify`'s re-hash and replaced when the stage re-runs with --force (`recheck`).
         """
         digest = digest or sha256_bytes(data)
-        self.add_object(data, digest)
+        self.add_object(data, digest, recheck=recheck)
         return digest
+
+    def object_intact(self, target: str, size: int, digest: str, recheck: bool) -> bool:
+        """Whether an existing object can stand: a plain file of the right size (one lstat, as cheap as
+        the exists() it replaces), and with `recheck` its bytes hash to its name. A symlink never can."""
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            return False
+        return not recheck or sha256_file(target) == digest
 
     @staticmethod
     def _rename_into_place(staging: str, target: str) -> None:
@@ -158,12 +197,13 @@ class Store:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(staging, target)
 
-    def add_object(self, data: bytes, digest: str, link_from: str | None = None) -> None:
+    def add_object(self, data: bytes, digest: str, link_from: str | None = None, recheck: bool = False) -> None:
         """Store bytes whose digest the caller computed; with `link_from`, hard-link that file instead
         of writing the bytes (opt-in: editing the source in place would change the object too, which
-        `verify` reports). Links fall back to writing across filesystems."""
+        `verify` reports). Links fall back to writing across filesystems. A damaged object already
+        there is replaced (see put_bytes)."""
         target = self.object_file(digest)
-        if os.path.exists(target):
+        if self.object_intact(target, len(data), digest, recheck):
             return
         staging = f"{self.tmp_dir}/{uuid.uuid4().hex}"
         try:
@@ -175,8 +215,9 @@ class Store:
                 handle.write(data)
         self._rename_into_place(staging, target)
 
-    def put_file(self, path: str | os.PathLike) -> tuple[str, int]:
-        """Store a file's content, hashing while copying; returns (digest, size)."""
+    def put_file(self, path: str | os.PathLike, recheck: bool = False) -> tuple[str, int]:
+        """Store a file's content, hashing while copying; returns (digest, size). A damaged object
+        already there is replaced (see put_bytes)."""
         staging = self.temp_path()
         digest = hashlib.sha256()
         size = 0
@@ -186,64 +227,200 @@ class Store:
                 sink.write(chunk)
                 size += len(chunk)
         hexdigest = digest.hexdigest()
-        target = self.object_path(hexdigest)
-        if os.path.exists(target):
+        target = self.object_file(hexdigest)
+        if self.object_intact(target, size, hexdigest, recheck):
             staging.unlink()
         else:
-            target.parent.mkdir(exist_ok=True)
-            os.replace(staging, target)
+            self._rename_into_place(str(staging), target)
         return hexdigest, size
 
     def read_object(self, digest: str) -> bytes:
+        path = self.object_path(digest)
         try:
-            return self.object_path(digest).read_bytes()
+            data = read_no_follow(path)
         except FileNotFoundError:
             raise UserError(f"object {digest[:12]} is missing from the store: run `pipeline.py verify`") from None
+        except OSError as error:  # ELOOP: a symlink, which the store never makes
+            raise UserError(f"object {path} is unreadable ({error.strerror}): run `pipeline.py verify`") from None
+        if sha256_bytes(data) != digest:
+            raise UserError(f"object {path} is corrupt: its bytes no longer hash to its name; "
+                            "run `pipeline.py verify` to see which stage rewrites it")
+        return data
 
     # -- manifests and runs ------------------------------------------------------------
 
     def manifest_path(self, name: str, digest: str) -> Path:
+        """A manifest's path; a name or digest that would leave manifests/ is refused first."""
+        if not is_name(name) or not is_digest(digest):
+            raise UserError(f"{str(name)[:40]!r}@{str(digest)[:80]!r} is not a version reference: a run record or "
+                            "manifest is damaged; run `pipeline.py verify`")
         return self.manifests_dir / name / f"{digest}.json"
 
     def put_manifest(self, manifest: dict) -> str:
-        """Write a version's manifest; its digest is the hash of its canonical bytes."""
+        """Write a version's manifest; its digest is the hash of its canonical bytes. One already there
+        is kept only if it holds exactly these bytes: a damaged one is rewritten, atomically."""
         data = canonical_json(manifest)
         digest = sha256_bytes(data)
         path = self.manifest_path(manifest["name"], digest)
-        if not path.exists():
+        try:
+            intact = not path.is_symlink() and path.read_bytes() == data
+        except OSError:
+            intact = False
+        if not intact:
             self.write_atomic(path, data)
         return digest
 
-    def read_manifest(self, name: str, digest: str) -> dict:
+    def load_manifest(self, name: str, digest: str) -> dict:
+        """The checked manifest, or CorruptRecord saying what is wrong (FileNotFoundError if absent)."""
         path = self.manifest_path(name, digest)
         try:
-            return json.loads(path.read_bytes())
+            data = read_no_follow(path)
         except FileNotFoundError:
-            raise UserError(f"manifest {name}@{digest[:12]} is missing: run `pipeline.py verify`") from None
-        except json.JSONDecodeError:
-            raise UserError(f"manifest {path} is corrupt: run `pipeline.py verify`") from None
+            raise
+        except OSError as error:
+            raise CorruptRecord(f"unreadable: {error.strerror}") from None
+        if sha256_bytes(data) != digest:
+            raise CorruptRecord("its bytes no longer hash to its name")
+        return check_manifest(parse_json(data), name)
+
+    def read_manifest(self, name: str, digest: str) -> dict:
+        """A version's manifest; a missing or damaged one is a UserError that says how to rewrite it."""
+        path = self.manifest_path(name, digest)
+        try:
+            return self.load_manifest(name, digest)
+        except FileNotFoundError:
+            raise UserError(f"manifest {path} of {name}@{digest[:12]} is missing: "
+                            f"{self.manifest_fix(name, digest)}") from None
+        except CorruptRecord as why:
+            raise UserError(f"manifest {path} is corrupt ({why}): {self.manifest_fix(name, digest)}") from None
+
+    def manifest_fix(self, name: str, digest: str, records: list[dict] | None = None) -> str:
+        """The command that rewrites a version's manifest: a re-run of the stage that made it."""
+        records = self.scan_runs()[0] if records is None else records
+        stages = sorted({r["stage"] for r in records if r.get("status") == "finished"
+                         and any(o["name"] == name and o["digest"] == digest for o in r.get("outputs", []))})
+        if not stages:
+            return ("no finished run made it, so no version is lost: `pipeline.py verify --repair` moves it to "
+                    "quarantine/")
+        return rerun_fix(stages[0])
 
     def run_path(self, run_id: str) -> Path:
+        if not is_name(run_id):
+            raise UserError(f"{str(run_id)[:40]!r} is not a run id: lineage.json is damaged; "
+                            "run `pipeline.py lineage --rebuild`")
         return self.runs_dir / f"{run_id}.json"
 
     def put_run(self, record: dict) -> None:
         """Writing the run record is the commit point of a run."""
         self.write_atomic(self.run_path(record["id"]), json.dumps(record, indent=1, sort_keys=True).encode())
 
-    def read_runs(self) -> list[dict]:
-        records = []
-        for path in sorted(self.runs_dir.glob("*.json")):
+    def load_run(self, path: Path) -> dict:
+        """The checked run record in `path`, or CorruptRecord saying what is wrong."""
+        try:
+            data = read_no_follow(path)
+        except FileNotFoundError:
+            raise
+        except OSError as error:
+            raise CorruptRecord(f"unreadable: {error.strerror}") from None
+        return check_run(parse_json(data), path.stem)
+
+    def read_run(self, run_id: str) -> dict | None:
+        """One run record (None if it is not there); a damaged one is a UserError with the fix."""
+        path = self.run_path(run_id)
+        try:
+            return self.load_run(path)
+        except FileNotFoundError:
+            return None
+        except CorruptRecord as why:
+            raise UserError(damaged_run_message(path, str(why))) from None
+
+    def scan_runs(self) -> tuple[list[dict], list[tuple[Path, str]]]:
+        """Every run record: the good ones, and (path, what is wrong) for each damaged one."""
+        records, damaged = [], []
+        for path in sorted(self.runs_dir.glob("*.json")) if self.runs_dir.is_dir() else []:
             try:
-                records.append(json.loads(path.read_bytes()))
-            except json.JSONDecodeError:
-                raise UserError(f"run record {path} is corrupt: move it aside, then run "
-                                "`pipeline.py lineage --rebuild`") from None
+                records.append(self.load_run(path))
+            except FileNotFoundError:  # removed while listing (a quarantine by another process)
+                continue
+            except CorruptRecord as why:
+                damaged.append((path, str(why)))
+        return records, damaged
+
+    def read_runs(self) -> list[dict]:
+        """Every run record; the first damaged one is a UserError naming it and `lineage --rebuild`."""
+        records, damaged = self.scan_runs()
+        if damaged:
+            raise UserError(damaged_run_message(*damaged[0]))
         return records
 
     def list_manifests(self) -> Iterator[tuple[str, str]]:
+        """Every (name, digest) with a manifest file. Files whose names are not a name and a digest are
+        not manifests: `verify` reports them, and nothing else builds a path from them."""
         for folder in sorted(self.manifests_dir.iterdir()) if self.manifests_dir.exists() else []:
+            if not is_name(folder.name):
+                continue
             for path in sorted(folder.glob("*.json")):
-                yield folder.name, path.stem
+                if is_digest(path.stem):
+                    yield folder.name, path.stem
+
+    # -- quarantine --------------------------------------------------------------------
+
+    def quarantine(self, path: Path, kind: str) -> Path:
+        """Move a damaged file (or symlink, never followed) to quarantine/<kind>/…, keeping its path below
+        its own folder; nothing is deleted, and the next run that writes it writes it afresh."""
+        base = {"objects": self.objects_dir, "manifests": self.manifests_dir, "runs": self.runs_dir}.get(kind)
+        relative = path.relative_to(base) if base is not None and base in path.parents else Path(path.name)
+        target = self.quarantine_dir / kind / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        candidate, copy = target, 1
+        while candidate.exists() or candidate.is_symlink():  # an earlier quarantine of the same name stays too
+            candidate = target.with_name(f"{target.name}.{copy}")
+            copy += 1
+        os.rename(path, candidate)
+        return candidate
+
+    def quarantined_versions(self) -> set[tuple[str, str]]:
+        """Manifests that a quarantined run record may have committed: every (name, digest) in
+        manifests/ whose digest appears in the bytes of a record in quarantine/runs/. gc keeps these,
+        so a damaged record never costs the versions it made; re-running their stage records them again."""
+        mentioned = self.quarantine_mentions("runs")
+        return {(name, digest) for name, digest in self.list_manifests() if digest in mentioned} if mentioned else set()
+
+    def quarantine_mentions(self, kind: str) -> set[str]:
+        """Every digest the bytes of quarantine/<kind>/ still mention. For gc: objects a quarantined
+        manifest names stay until its stage has re-run, so a repair never costs a version its objects."""
+        mentioned: set[str] = set()
+        folder = self.quarantine_dir / kind
+        for top, _, names in os.walk(folder) if folder.is_dir() else ():
+            for name in names:
+                path = os.path.join(top, name)
+                if not os.path.islink(path):
+                    with open(path, "rb") as handle:
+                        mentioned.update(m.decode() for m in _DIGEST_BYTES.findall(handle.read()))
+        return mentioned
+
+
+_DIGEST_BYTES = re.compile(rb"(?<![0-9a-f])[0-9a-f]{64}(?![0-9a-f])")
+
+
+def rerun_fix(stage: str) -> str:
+    return (f"re-run `pipeline.py {stage} --force` with the config that made it to rewrite it "
+            "(same inputs give the same digest)")
+
+
+def damaged_run_message(path: Path, why: str) -> str:
+    return (f"run record {path} is damaged ({why}): run `pipeline.py lineage --rebuild`, which moves it to "
+            "quarantine/runs/ and keeps the versions it made")
+
+
+def read_no_follow(path: Path) -> bytes:
+    """A file's bytes, refusing a symlink (ELOOP): the store never makes one, so one is foreign."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,5 +1,5 @@
 """`verify` re-hashes everything and checks that manifests, runs and the graph agree;
-`gc` finds what nothing references.
+`gc` (lineage/gc.py) removes what nothing references.
 
 A problem is damage (a blob whose bytes no longer hash to its name, a manifest naming a
 missing object, a graph that disagrees with runs/). Garbage is not damage: objects and
@@ -8,160 +8,209 @@ manifests left by an interrupted or failed run are unreferenced, invisible, and 
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lineage.errors import UserError
+from lineage.gc import object_files
 from lineage.graph import Graph
+from lineage.records import CorruptRecord, is_digest, is_name, parse_json
 from lineage.runner import referenced_objects
-from lineage.store import Store, sha256_bytes, sha256_file
+from lineage.store import Store, read_no_follow, rerun_fix, sha256_file
+
+
+@dataclass
+class Damage:
+    """One damaged file: `verify --repair` moves it to quarantine/<kind>/ and `fix` rewrites it."""
+
+    kind: str  # objects, manifests or runs
+    path: Path
+    fix: str
 
 
 @dataclass
 class Report:
     problems: list[str] = field(default_factory=list)
+    damaged: list[Damage] = field(default_factory=list)
     checked_objects: int = 0
     checked_manifests: int = 0
     checked_runs: int = 0
     garbage_objects: int = 0
     garbage_manifests: int = 0
     staging_leftovers: int = 0
+    graph_damaged: bool = False
+
+    def add(self, kind: str, path: Path, what: str, fix: str) -> None:
+        self.problems.append(f"{what}: {fix}")
+        self.damaged.append(Damage(kind, path, fix))
 
 
 def verify(store: Store, workers: int = 4) -> Report:
+    """Check every object, manifest, run record and lineage.json; never raises on damage, it reports it."""
     report = Report()
-    Graph.load(store)  # heals a graph that lags behind a committed run (a crash between the two writes)
-    _check_objects(store, report, workers)
-    live = _check_manifests_and_runs(store, report)
-    _check_graph(store, report)
-    all_manifests = set(store.list_manifests())
-    report.garbage_manifests = len(all_manifests - live)
-    report.garbage_objects = len(unreferenced_objects(store, live))
+    try:
+        Graph.load(store)  # heals a graph that lags behind a committed run (a crash between the two writes)
+    except UserError:
+        pass  # a damaged run record: reported below, with its fix
+    records = _check_runs(store, report)
+    producers = {(o["name"], o["digest"]): r["stage"] for r in records if r.get("status") == "finished"
+                 for o in r.get("outputs", [])}
+    bad_objects = _check_objects(store, report, workers)
+    readable = _check_manifests(store, report, records)
+    _name_object_fixes(report, bad_objects, readable, producers)
+    _check_run_references(store, report, records, readable, producers)
+    if len(records) == report.checked_runs:
+        _check_graph(store, report)
+    live = set(producers)
+    report.garbage_manifests = len(set(readable) - live)
+    # While a live manifest is unreadable, which objects it needs is unknown: none is counted as garbage.
+    unknown = any(key not in readable for key in live)
+    report.garbage_objects = 0 if unknown else len(_unreferenced(store, readable, live))
     report.staging_leftovers = sum(1 for _ in store.tmp_dir.iterdir()) if store.tmp_dir.exists() else 0
     return report
 
 
-def _check_objects(store: Store, report: Report, workers: int) -> None:
-    paths = list(_object_files(store))
+def _check_runs(store: Store, report: Report) -> list[dict]:
+    records, damaged = store.scan_runs()
+    for path, why in damaged:
+        report.add("runs", path, f"run record {path} is damaged ({why})",
+                   "`pipeline.py lineage --rebuild` moves it to quarantine/runs/ and keeps the versions it made")
+    report.checked_runs = len(records) + len(damaged)
+    return records
 
-    def check(path: Path) -> str | None:
-        expected = path.parent.name + path.name
-        actual = sha256_file(path)
-        return None if actual == expected else f"object {expected[:12]} is corrupt: its bytes hash to {actual[:12]}"
+
+def _check_objects(store: Store, report: Report, workers: int) -> dict[str, tuple[Path, str]]:
+    """Re-hash every object; returns digest → (path, what is wrong) for the damaged ones."""
+    files, bad = [], {}
+    for prefix in _entries(store.objects_dir):
+        if not prefix.is_dir(follow_symlinks=False):
+            report.add("objects", Path(prefix.path), f"{prefix.path} is not an object folder",
+                       "`pipeline.py verify --repair` moves it to quarantine/")
+            continue
+        for entry in _entries(prefix.path):
+            name = prefix.name + entry.name
+            if not is_digest(name):
+                report.add("objects", Path(entry.path), f"{entry.path} is not an object (its name is no digest)",
+                           "`pipeline.py verify --repair` moves it to quarantine/")
+            elif entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                bad[name] = (Path(entry.path), "a symlink or folder, not a file: the store never makes one")
+            else:
+                files.append((name, Path(entry.path)))
+
+    def check(item: tuple[str, Path]) -> tuple[str, Path, str | None]:
+        digest, path = item
+        try:
+            actual = sha256_file(path)
+        except OSError as error:
+            return digest, path, f"unreadable: {error.strerror}"
+        return digest, path, None if actual == digest else f"its bytes hash to {actual[:12]}"
 
     with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: threads hash in parallel
-        report.problems += [p for p in pool.map(check, paths) if p]
-    report.checked_objects = len(paths)
+        bad.update({digest: (path, why) for digest, path, why in pool.map(check, files) if why})
+    report.checked_objects = len(files) + len(bad)
+    return bad
 
 
-def _check_manifests_and_runs(store: Store, report: Report) -> set[tuple[str, str]]:
-    """Check every manifest and run record; return the manifests that finished runs made (live)."""
-    readable: dict[tuple[str, str], dict] = {}
-    for name, digest in store.list_manifests():
-        data = store.manifest_path(name, digest).read_bytes()
-        report.checked_manifests += 1
-        if sha256_bytes(data) != digest:
-            report.problems.append(f"manifest {name}@{digest[:12]} is corrupt: its bytes no longer hash to its name")
+def _check_manifests(store: Store, report: Report, records: list[dict]) -> dict[tuple[str, str], dict]:
+    """Check every file under manifests/; returns the readable manifests by (name, digest)."""
+    readable = {}
+    for folder in _entries(store.manifests_dir):
+        if not folder.is_dir(follow_symlinks=False) or not is_name(folder.name):
+            report.add("manifests", Path(folder.path), f"{folder.path} is not a manifest folder",
+                       "`pipeline.py verify --repair` moves it to quarantine/")
             continue
-        manifest = json.loads(data)
-        readable[(name, digest)] = manifest
+        for entry in _entries(folder.path):
+            path, digest = Path(entry.path), entry.name.removesuffix(".json")
+            report.checked_manifests += 1
+            if not entry.name.endswith(".json") or not is_digest(digest):
+                report.add("manifests", path, f"{path} is not a manifest (its name is no digest)",
+                           "`pipeline.py verify --repair` moves it to quarantine/")
+                continue
+            try:
+                if entry.is_symlink():
+                    raise CorruptRecord("a symlink: the store never makes one")
+                readable[(folder.name, digest)] = store.load_manifest(folder.name, digest)
+            except (CorruptRecord, FileNotFoundError) as why:
+                report.add("manifests", path, f"manifest {path} is corrupt ({why})",
+                           store.manifest_fix(folder.name, digest, records))
+    for (name, digest), manifest in readable.items():
         missing = store.missing_objects(referenced_objects(manifest))
         if missing:
             report.problems.append(f"manifest {name}@{digest[:12]} references {len(missing)} missing object(s), "
-                                   f"first {missing[0][:12]}: re-run the stage that made it with --force")
-    live = set()
-    for record in store.read_runs():
-        report.checked_runs += 1
+                                   f"first {missing[0][:12]}: {store.manifest_fix(name, digest, records)}")
+    return readable
+
+
+def _name_object_fixes(report: Report, bad: dict[str, tuple[Path, str]], readable: dict, producers: dict) -> None:
+    """Each damaged object, with the stage that rewrites it: the one whose version holds it as an entry
+    or file (a split only refers to raw-data's images; re-running split writes none of them)."""
+    owners: dict[str, set[str]] = {}
+    for key, manifest in readable.items():
+        for digest in _owned_objects(manifest):
+            if digest in bad and key in producers:
+                owners.setdefault(digest, set()).add(producers[key])
+    for digest, (path, why) in sorted(bad.items()):
+        stages = sorted(owners.get(digest, ()))
+        if stages:
+            fix = " or ".join(f"`pipeline.py {s} --force`" for s in stages)
+            fix = f"re-run {fix} with the config that made it to rewrite it (or `pipeline.py verify --repair` " \
+                  "moves it to quarantine/ first)"
+        else:
+            fix = "no version needs it: `pipeline.py verify --repair` moves it to quarantine/"
+        report.add("objects", path, f"object {digest[:12]} is corrupt ({why}), at {path}", fix)
+
+
+def _owned_objects(manifest: dict) -> list[str]:
+    digests = [f["digest"] for f in manifest.get("files", {}).values()]
+    entries = manifest.get("entries", [])
+    return digests + ([e["digest"] for e in entries] if isinstance(entries, list) else [])
+
+
+def _check_run_references(store: Store, report: Report, records: list[dict], readable: dict,
+                          producers: dict) -> None:
+    for record in records:
         if record.get("status") != "finished":
             continue
         for item in record.get("inputs", []) + record.get("outputs", []):
             key = (item["name"], item["digest"])
-            if key not in readable and not store.manifest_path(*key).exists():
+            if key in readable:
+                continue
+            path = store.manifest_path(*key)
+            if not path.exists() and not path.is_symlink():
+                stage = producers.get(key)
+                fix = rerun_fix(stage) if stage else "no run record names the stage that made it"
                 report.problems.append(f"run {record['id']} ({record['stage']}) names {key[0]}@{key[1][:12]}, "
-                                       "whose manifest is missing")
-        live.update((o["name"], o["digest"]) for o in record.get("outputs", []))
-    return live
+                                       f"whose manifest is missing: {fix}")
 
 
 def _check_graph(store: Store, report: Report) -> None:
     expected = Graph.rebuild(store).to_json()
+    fix = "`pipeline.py lineage --rebuild` rewrites it"
     try:
-        actual = json.loads(store.graph_path.read_bytes())
+        actual = parse_json(read_no_follow(store.graph_path))
     except FileNotFoundError:
         if expected["runs"]:
-            report.problems.append("lineage.json is missing: run `pipeline.py lineage --rebuild`")
+            report.problems.append(f"lineage.json is missing: {fix}")
+            report.graph_damaged = True
         return
-    except json.JSONDecodeError:
-        report.problems.append("lineage.json is corrupt: run `pipeline.py lineage --rebuild`")
+    except (OSError, CorruptRecord) as why:
+        report.problems.append(f"lineage.json is damaged ({why}): {fix}")
+        report.graph_damaged = True
         return
     if actual != expected:
-        report.problems.append("lineage.json disagrees with runs/ and manifests/: run `pipeline.py lineage --rebuild`")
+        report.problems.append(f"lineage.json disagrees with runs/: {fix}")
+        report.graph_damaged = True
 
 
-def live_versions(store: Store) -> set[tuple[str, str]]:
-    """The (name, digest) of every version a finished run made: what gc must keep."""
-    return {(o["name"], o["digest"]) for r in store.read_runs() if r.get("status") == "finished"
-            for o in r.get("outputs", [])}
+def _unreferenced(store: Store, readable: dict, live: set[tuple[str, str]]) -> list[str]:
+    referenced = {d for key in live if key in readable for d in referenced_objects(readable[key])}
+    return [digest for digest, _ in object_files(store) if digest not in referenced]
 
 
-def unreferenced_objects(store: Store, live: set[tuple[str, str]] | None = None) -> list[str]:
-    """Objects that no live manifest (one a finished run made) refers to."""
-    if live is None:
-        live = live_versions(store)
-    referenced: set[str] = set()
-    for name, digest in live:
-        path = store.manifest_path(name, digest)
-        if path.exists():
-            referenced.update(referenced_objects(json.loads(path.read_bytes())))
-    return [p.parent.name + p.name for p in _object_files(store) if p.parent.name + p.name not in referenced]
-
-
-def collect_garbage(store: Store, delete: bool, grace_seconds: float) -> dict:
-    """List (and with delete=True remove) unreferenced objects, orphan manifests and staging files
-    older than the grace period, which protects a run that is staging its outputs right now."""
-    cutoff = time.time() - grace_seconds
-    with store.locked():
-        live = live_versions(store)
-        objects = [store.object_path(d) for d in unreferenced_objects(store, live)]
-        manifests = [store.manifest_path(n, d) for n, d in set(store.list_manifests()) - live]
-        staging = list(store.tmp_dir.iterdir()) if store.tmp_dir.exists() else []
-        doomed = [p for p in objects + manifests + staging if _mtime(p) < cutoff]
-        freed = sum(_size(p) for p in doomed)
-        if delete:
-            for path in doomed:
-                _remove(path)
-    return {"objects": [p for p in doomed if p in objects], "manifests": [p for p in doomed if p in manifests],
-            "staging": [p for p in doomed if p in staging], "bytes": freed, "deleted": delete}
-
-
-def _object_files(store: Store):
-    if not store.objects_dir.exists():
-        return
-    for prefix in sorted(os.scandir(store.objects_dir), key=lambda e: e.name):
-        if prefix.is_dir():
-            for entry in sorted(os.scandir(prefix.path), key=lambda e: e.name):
-                yield Path(entry.path)
-
-
-def _mtime(path: Path) -> float:
+def _entries(folder: str | Path) -> list[os.DirEntry]:
     try:
-        return path.lstat().st_mtime
-    except FileNotFoundError:
-        return float("inf")
-
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size if path.exists() else 0
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+        return sorted(os.scandir(folder), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -55,6 +55,14 @@ def describe_version(store: Store, graph: Graph, version: Version) -> dict:
 
 
 def format_show(summary: dict) -> str:
+    try:
+        return _format_show(summary)
+    except (KeyError, TypeError, ValueError, AttributeError):  # metadata a hand-made record mistyped
+        return (f"{summary['ref']}: its manifest or run record holds metadata of unexpected types, shown raw:\n"
+                + json.dumps(summary, indent=1, default=str))
+
+
+def _format_show(summary: dict) -> str:
     made = summary["made_by"]
     lines = [f"{summary['ref']}  ({', '.join(summary['aliases']) or 'no aliases'})",
              f"  digest   {summary['digest']}",
@@ -148,9 +156,8 @@ def _ref(graph: Graph, item: dict) -> str:
 
 
 def _read_run(store: Store, run_id: str | None) -> dict | None:
-    if not run_id or not store.run_path(run_id).exists():
-        return None
-    return json.loads(store.run_path(run_id).read_bytes())
+    """The run record that made a version; a damaged one is a UserError naming it and its fix."""
+    return store.read_run(run_id) if run_id else None
 
 
 def _fmt(value: Any) -> str:

@@ -183,14 +183,20 @@ def _decode_to_cache(paths, cache_file, meta, workers, progress) -> None:
 def _load_cache(cache_file: str, meta: dict[str, Any]) -> DecodedImages | None:
     """The cached split if both files are there and describe these inputs, else None."""
     try:
-        with open(f"{cache_file}.json") as f:
+        with open(f"{cache_file}.json", "rb") as f:
             sidecar = json.load(f)
         images = np.load(cache_file, mmap_mode="r")
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, RecursionError):  # missing, binary or truncated: decode again
         return None
-    if any(sidecar.get(key) != value for key, value in meta.items()):
+    # The cache is disposable: a sidecar that is not what _decode_to_cache writes is a miss, and is rewritten.
+    if not isinstance(sidecar, dict) or any(sidecar.get(key) != value for key, value in meta.items()):
         return None
-    failures = [(int(i), str(p), str(r)) for i, p, r in sidecar["failures"]]
+    try:
+        failures = [(int(i), str(p), str(r)) for i, p, r in sidecar["failures"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if any(not 0 <= i < meta["count"] for i, _, _ in failures):
+        return None
     kept = _kept_indices(meta["count"], failures)
     if images.shape != (len(kept), meta["image_size"], meta["image_size"], 3) or images.dtype != np.uint8:
         return None

@@ -144,8 +144,11 @@ def _features(extractor, images, batch_size, cache_dir, split, log) -> np.ndarra
     path = os.path.join(cache_dir, f"{split}.npy") if cache_dir else None
     width = extractor.output_shape[-1]
     if path and os.path.exists(path):
-        cached = np.load(path)
-        if cached.shape == (len(images), width) and cached.dtype == np.float32:
+        try:
+            cached = np.load(path)
+        except (OSError, ValueError, EOFError):  # a damaged cache file is recomputed and overwritten
+            cached = None
+        if cached is not None and cached.shape == (len(images), width) and cached.dtype == np.float32:
             log(f"head: {split} features from cache ({len(images)} x {width})")
             return cached
     features = extractor.predict(make_dataset(images, None, batch_size), verbose=0).astype(np.float32)

@@ -9,6 +9,7 @@ drawn, so importing this module stays cheap for commands that never plot.
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def pr_curves(metrics: dict, classes: list[str]) -> bytes:
             continue
         ap = metrics["per_class"][name]["average_precision"]
         axes.step(curve["recall"], curve["precision"], where="post", color=colour,
-                  linewidth=1.2, label=f"{name} (AP {ap:.3f})")
+                  linewidth=1.2, label=f"{_plain(name)} (AP {ap:.3f})")
     _finish_unit_axes(axes, "recall", "precision", "Precision-recall, one class vs rest")
     return _png(figure)
 
@@ -47,7 +48,7 @@ def roc_curves(metrics: dict, classes: list[str]) -> bytes:
             continue
         auc = metrics["per_class"][name]["roc_auc"]
         axes.plot(curve["fpr"], curve["tpr"], color=colour, linewidth=1.2,
-                  label=f"{name} (AUC {auc:.3f})")
+                  label=f"{_plain(name)} (AUC {auc:.3f})")
     _finish_unit_axes(axes, "false positive rate", "true positive rate", "ROC, one class vs rest")
     return _png(figure)
 
@@ -64,8 +65,8 @@ def confusion_heatmap(metrics: dict, classes: list[str], normalised: bool) -> by
     image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalised else None)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     ticks = np.arange(len(classes))
-    axes.set_xticks(ticks, labels=classes, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels=classes)
+    axes.set_xticks(ticks, labels=[_plain(name) for name in classes], rotation=45, ha="right")
+    axes.set_yticks(ticks, labels=[_plain(name) for name in classes])
     axes.set_xlabel("guess")
     axes.set_ylabel("truth")
     axes.set_title("Confusion matrix" + (" (row-normalised)" if normalised else " (counts)"))
@@ -92,13 +93,13 @@ def ap_across_runs(points: list[dict], x_label: str) -> bytes:
     figure, axes = _figure(6.4, 4.0)
     axes.plot(xs, aps, marker="o", color="tab:blue")
     for x, ap, point in zip(xs, aps, ordered):
-        axes.annotate(str(point.get("label", "")), (x, ap), textcoords="offset points",
+        axes.annotate(_plain(point.get("label", "")), (x, ap), textcoords="offset points",
                       xytext=(0, 7), ha="center", fontsize=8)
     if not numeric:
-        axes.set_xticks(xs, labels=[str(point["x"]) for point in ordered])
-    axes.set_xlabel(x_label)
+        axes.set_xticks(xs, labels=[_plain(point["x"]) for point in ordered])
+    axes.set_xlabel(_plain(x_label))
     axes.set_ylabel("micro-averaged AP")
-    axes.set_title(f"Average precision by {x_label}")
+    axes.set_title(f"Average precision by {_plain(x_label)}")
     axes.grid(alpha=0.3)
     return _png(figure)
 
@@ -121,10 +122,10 @@ def score_scatter(frame: pd.DataFrame, class_x: str, class_y: str, classes: list
         chosen = labelled & (truth == name)
         if chosen.any():
             axes.scatter(x[chosen], y[chosen], s=5, alpha=0.25 if name in others else 0.7,
-                         color=colours[name], label=name, rasterized=True)
-    axes.set_xlabel(f"score {class_x}")
-    axes.set_ylabel(f"score {class_y}")
-    axes.set_title(f"{class_x} vs {class_y} scores, coloured by truth")
+                         color=colours[name], label=_plain(name), rasterized=True)
+    axes.set_xlabel(f"score {_plain(class_x)}")
+    axes.set_ylabel(f"score {_plain(class_y)}")
+    axes.set_title(f"{_plain(class_x)} vs {_plain(class_y)} scores, coloured by truth")
     axes.legend(fontsize=7, markerscale=2, loc="best")
     axes.grid(alpha=0.3)
     return _png(figure)
@@ -151,11 +152,11 @@ def multi_histogram(a, b, labels, bins: int = 30) -> bytes:
     values = np.concatenate([a, b])
     edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=int(bins))
     figure, axes = _figure(6.4, 4.0)
-    axes.hist(a, bins=edges, color="tab:red", alpha=0.5, label=str(labels[0]))
-    axes.hist(b, bins=edges, color="tab:blue", alpha=0.5, label=str(labels[1]))
+    axes.hist(a, bins=edges, color="tab:red", alpha=0.5, label=_plain(labels[0]))
+    axes.hist(b, bins=edges, color="tab:blue", alpha=0.5, label=_plain(labels[1]))
     axes.set_xlabel("score")
     axes.set_ylabel("images")
-    axes.set_title(f"{labels[0]} vs {labels[1]}")
+    axes.set_title(f"{_plain(labels[0])} vs {_plain(labels[1])}")
     axes.legend()
     return _png(figure)
 
@@ -199,10 +200,27 @@ def _class_colours(count: int) -> list:
     return [colormaps["turbo"](value) for value in np.linspace(0.05, 0.95, count)]
 
 
+LABEL_MAX_CHARS = 40
+
+
+def _plain(text) -> str:
+    """User text (class names, version labels) as matplotlib must show it: literally. An unescaped
+    pair of `$` is mathtext to matplotlib, and a class named `cost$_$` fails to draw. A name longer
+    than a legend can hold is cut (the report's tables show it whole)."""
+    text = str(text)
+    if len(text) > LABEL_MAX_CHARS:
+        text = text[:LABEL_MAX_CHARS - 1] + "…"
+    return text.replace("$", r"\$")
+
+
 def _figure(width: float, height: float):
-    """A fresh Agg-backed figure and its one axes; no pyplot, so no global state."""
+    """A fresh Agg-backed figure and its one axes; no pyplot, so no global state (but TeX stays off,
+    whatever a matplotlibrc says: class names are drawn as text, never typeset)."""
+    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    matplotlib.rcParams["text.usetex"] = False
 
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
@@ -231,5 +249,8 @@ def _annotate_cells(axes, matrix: np.ndarray, normalised: bool) -> None:
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI)
+    with warnings.catch_warnings():  # a class name in a script the font lacks still draws, as boxes
+        warnings.filterwarnings("ignore", message="Glyph .* missing from")
+        warnings.filterwarnings("ignore", message="constrained_layout not applied")
+        figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()

@@ -13,15 +13,18 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 from lineage.errors import UserError
+from lineage.params import Range
+from lineage.records import is_digest
 from lineage.runner import REF, Artifact, Output, StageContext
 from stages.predictions import read_predictions
 
 NAME = "evaluate"
 OUTPUT = "eval"
 CODE = ("stages/evaluate.py", "stages/predictions.py", "report/")
-ACROSS_X = ("version", "train_images", "epochs")
+AcrossX = Literal["version", "train_images", "epochs"]
 
 
 @dataclass
@@ -29,21 +32,30 @@ class Params:
     input: str = field(default="predictions:latest", metadata=REF)
     compare_with: str | None = field(default=None, metadata=REF)  # a second version, shown side by side
     across: list = field(default_factory=list, metadata=REF)  # more versions for the AP-across-runs line
-    across_x: str = "version"  # version, train_images or epochs
-    scatter: list | None = None  # [class_x, class_y]; default: the most confused pair
-    histogram: list | None = None  # [class_a, class_b]; default: the scatter's pair
-    bins: int = 30
-    top_k: int = 3
-    thumbnail_px: int = 48
-    workers: int = field(default=4, metadata={"cache": False})
+    across_x: AcrossX = "version"  # what the AP-across-runs plot puts on its x axis
+    scatter: list[str] | None = None  # [class_x, class_y]; default: the most confused pair
+    histogram: list[str] | None = None  # [class_a, class_b]; default: the scatter's pair
+    bins: Annotated[int, Range(1, 1000)] = 30
+    top_k: Annotated[int, Range(1)] = 3
+    thumbnail_px: Annotated[int, Range(8, 512)] = 48
+    workers: Annotated[int, Range(1, 256)] = field(default=4, metadata={"cache": False})
 
     def __post_init__(self):
-        if self.across_x not in ACROSS_X:
-            raise UserError(f"evaluate.across_x is {self.across_x!r}: use one of {', '.join(ACROSS_X)}")
         for key in ("scatter", "histogram"):
             pair = getattr(self, key)
-            if pair is not None and len(pair) != 2:
-                raise UserError(f"evaluate.{key} must name two classes, e.g. [Amphibia, Reptilia]")
+            if pair is not None and (len(pair) != 2 or pair[0] == pair[1]):
+                raise UserError(f"evaluate.{key} is {pair}: name two different classes, e.g. [Amphibia, Reptilia]")
+
+
+def check_classes(params: Params, classes: list[str], where: str) -> None:
+    """The classes the scatter and histogram name must be the data's: checked as soon as the classes are
+    known (after ingest, in `pipeline.py run`), not after training."""
+    for key in ("scatter", "histogram"):
+        unknown = [name for name in getattr(params, key) or [] if name not in classes]
+        if unknown:
+            raise UserError(f"evaluate.{key} names {', '.join(map(repr, unknown))}, but {where} has classes "
+                            f"{', '.join(classes)}: set evaluate.{key} to two of them, or remove it to plot the "
+                            "most confused pair")
 
 
 def input_refs(params: Params) -> dict[str, str]:
@@ -62,6 +74,7 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
 
     main = inputs["predictions"]
     classes = main.manifest["meta"]["classes"]
+    check_classes(params, classes, main.ref)
     table = read_predictions(main)
     if not table["truth"].notna().any():
         raise UserError(f"{main.ref} has no labelled rows (predictions on a plain folder): there is nothing to "
@@ -170,9 +183,15 @@ def thumbnails(artifact: Artifact, ids: list[str], params: Params, ctx: StageCon
     folder = ctx.cache_dir("thumbnails", str(params.thumbnail_px))
 
     def one(digest: str) -> tuple[str, bytes | None]:
+        if not is_digest(digest):  # a table row whose id is no digest has no image (and no path is built)
+            return digest, None
         cached = folder / digest
-        if cached.exists():
-            return digest, cached.read_bytes()
+        try:
+            data = cached.read_bytes()
+            if data.startswith(b"\xff\xd8") and data.endswith(b"\xff\xd9"):  # a whole JPEG, else made again
+                return digest, data
+        except OSError:
+            pass
         try:
             with Image.open(artifact.object_path(digest)) as image:
                 image.draft("RGB", (params.thumbnail_px * 2, params.thumbnail_px * 2))  # JPEG: decode small

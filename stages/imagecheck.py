@@ -138,3 +138,57 @@ def _with_pillow(data: bytes, max_pixels: int) -> ImageInfo:
         raise
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
         raise Rejected(f"truncated or corrupt image: {error}") from None
+
+
+LARGE_HEAD_BYTES = 1 << 20
+LARGE_TAIL_BYTES = 1 << 16
+
+
+def inspect_large_file(path: str, size: int, full_decode: bool = False,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """inspect_image for a file too large to read whole: Pillow reads the header from the file,
+    and completeness is checked from the tail, so memory stays bounded whatever the file's size
+    (a 1 GB file named x.jpg is rejected after reading about 1 MB of it)."""
+    from PIL import Image, UnidentifiedImageError
+
+    with open(path, "rb") as handle:
+        head = handle.read(LARGE_HEAD_BYTES)
+        handle.seek(max(0, size - LARGE_TAIL_BYTES))
+        tail = handle.read(LARGE_TAIL_BYTES)
+        handle.seek(0)
+        Image.MAX_IMAGE_PIXELS = None  # our own limit, with our own message
+        try:
+            with Image.open(handle) as image:
+                fmt = (image.format or "").upper()
+                width, height = image.size
+                if fmt not in ACCEPTED_FORMATS:
+                    raise Rejected(f"unsupported image format {fmt or 'unknown'} "
+                                   f"(accepted: {', '.join(ACCEPTED_FORMATS)})")
+                if width <= 0 or height <= 0:
+                    raise Rejected(f"{fmt} header gives an impossible size {width}x{height}")
+                if width * height > max_pixels:
+                    raise Rejected(f"decompression bomb: {width}x{height} is over {max_pixels:,} pixels")
+                _check_tail(fmt, head, tail, size)
+                if full_decode:
+                    image.load()  # bounded by max_pixels, not by the file's size
+                return ImageInfo(fmt, width, height)
+        except UnidentifiedImageError:
+            raise Rejected("not an image (no format Pillow knows)") from None
+        except Rejected:
+            raise
+        except (OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
+            raise Rejected(f"truncated or corrupt image: {error}") from None
+
+
+def _check_tail(fmt: str, head: bytes, tail: bytes, size: int) -> None:
+    """The end-of-file checks of the header path, from the first and last bytes only."""
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        raise Rejected("truncated JPEG: no end-of-image marker at the end")
+    if fmt == "PNG" and tail.rfind(b"IEND", max(0, len(tail) - 64)) == -1:
+        raise Rejected("truncated PNG: no IEND chunk at the end")
+    if fmt == "GIF" and tail.rstrip(b"\x00")[-1:] != b";":
+        raise Rejected("truncated GIF: no trailer byte at the end")
+    if fmt == "BMP" and len(head) >= 6 and size < struct.unpack_from("<I", head, 2)[0]:
+        raise Rejected(f"truncated BMP: {size:,} of {struct.unpack_from('<I', head, 2)[0]:,} bytes")
+    if fmt == "WEBP" and len(head) >= 8 and size < struct.unpack_from("<I", head, 4)[0] + 8:
+        raise Rejected(f"truncated WebP: {size:,} of {struct.unpack_from('<I', head, 4)[0] + 8:,} bytes")

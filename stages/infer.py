@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 from lineage.errors import UserError
+from lineage.params import Range
 from lineage.runner import REF, Artifact, Output, StageContext
+from stages.split import SplitName
 
 NAME = "infer"
 OUTPUT = "predictions"
@@ -24,10 +27,10 @@ CODE = ("stages/infer.py", "stages/images.py", "stages/predictions.py", "models/
 class Params:
     model: str = field(default="model:latest", metadata=REF)
     split: str = field(default="split:latest", metadata=REF)
-    on: str = "test"  # which part of the split: train, val or test
+    on: SplitName = "test"  # which part of the split
     folder: str | None = None  # a folder of images instead of a split (truth left empty)
-    batch_size: int = 64
-    workers: int = field(default=4, metadata={"cache": False})
+    batch_size: Annotated[int, Range(1, 65536)] = 64
+    workers: Annotated[int, Range(1, 256)] = field(default=4, metadata={"cache": False})
 
 
 def input_refs(params: Params) -> dict[str, str]:
@@ -44,6 +47,9 @@ def fingerprint(params: Params) -> str | None:
 
 
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
+    from models.quiet import import_tensorflow
+
+    import_tensorflow()  # first, so TensorFlow's native start-up lines are hidden (models/quiet.py)
     import keras
 
     import models.backbones  # noqa: F401  registers the custom layers a saved model may use
@@ -81,10 +87,28 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
 
 
 def _folder_files(folder: Path) -> list[Path]:
+    return _walk_folder(folder)[0]
+
+
+def _walk_folder(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The folder's files (hidden names skipped; symlinked folders are not followed, so a loop
+    cannot recurse), and what was left out with the reason: dangling or looping symlinks, and
+    names that are not UTF-8, which no table or report could hold."""
     if not folder.is_dir():
         raise UserError(f"infer.folder {folder} does not exist or is not a folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    files, skipped = [], []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        shown = str(relative).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        if shown != str(relative):
+            skipped.append((shown, "name is not valid UTF-8 (shown with \\x escapes): rename it"))
+        elif path.is_symlink() and not path.exists():
+            skipped.append((shown, "dangling symlink or symlink loop"))
+        elif path.is_file():
+            files.append(path)
+    return files, skipped
 
 
 def _store_folder(folder: Path, ctx: StageContext) -> tuple[list[str], list[str]]:
@@ -92,10 +116,16 @@ def _store_folder(folder: Path, ctx: StageContext) -> tuple[list[str], list[str]
     from stages.imagecheck import Rejected, inspect_image
 
     ids, paths = [], []
-    for path in _folder_files(folder):
-        data = path.read_bytes()
+    files, skipped = _walk_folder(folder)
+    for shown, why in skipped:
+        ctx.log(f"  skipped {shown}: {why}")
+    for path in files:
         try:
+            data = path.read_bytes()
             inspect_image(data)
+        except OSError as error:
+            ctx.log(f"  skipped {path.relative_to(folder)}: unreadable ({error.strerror})")
+            continue
         except Rejected as why:
             ctx.log(f"  skipped {path.relative_to(folder)}: {why}")
             continue

@@ -9,6 +9,7 @@ lets an unchanged file skip all of that, and the runner's cache key uses the sam
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,12 +18,15 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 from lineage.display import format_counts
 from lineage.errors import UserError
+from lineage.params import Range
+from lineage.records import is_digest
 from lineage.runner import Output, StageContext
 from lineage.store import canonical_json
-from stages.imagecheck import DEFAULT_MAX_PIXELS, Rejected, inspect_image
+from stages.imagecheck import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
 
 NAME = "ingest"
 OUTPUT = "raw-data"
@@ -30,25 +34,21 @@ CODE = ("stages/ingest.py", "stages/imagecheck.py")
 PROGRESS_MIN_FILES = 500
 CHUNK_FILES = 64
 STAT_CACHE_FORMAT = 1
+LARGE_FILE_BYTES = 64 << 20  # above this a file is streamed, never read whole (see _examine_large)
 
 
 @dataclass
 class Params:
     source: str = ""
-    on_label_conflict: str = "error"
+    on_label_conflict: Literal["error", "drop"] = "error"
     full_decode: bool = False
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: Annotated[int, Range(1)] = DEFAULT_MAX_PIXELS
     # copy (safe), or hardlink: no bytes copied (same filesystem only, else copied), as DVC's
     # cache.type: hardlink; a source file then edited in place changes the object, and verify says so.
-    link: str = field(default="copy", metadata={"cache": False})
+    link: Literal["copy", "hardlink"] = field(default="copy", metadata={"cache": False})
     # Threads: one per core measured fastest (hashing and I/O release the GIL; more threads only contend).
-    workers: int = field(default_factory=lambda: os.cpu_count() or 2, metadata={"cache": False})
-
-    def __post_init__(self):
-        if self.on_label_conflict not in ("error", "drop"):
-            raise UserError(f"ingest.on_label_conflict is {self.on_label_conflict!r}: use error or drop")
-        if self.link not in ("copy", "hardlink"):
-            raise UserError(f"ingest.link is {self.link!r}: use copy or hardlink")
+    workers: Annotated[int, Range(1, 256)] = field(default_factory=lambda: os.cpu_count() or 2,
+                                                   metadata={"cache": False})
 
 
 @dataclass(frozen=True)
@@ -90,19 +90,23 @@ def source_root(params: Params) -> Path:
 
 
 def scan_source(root: Path) -> Scan:
-    """Walk the class folders. Hidden names are skipped; symlinks are followed only inside the root."""
+    """Walk the class folders. Hidden names are skipped; symlinks are followed only inside the root,
+    and never back into a folder they sit in (a loop). What is left out is listed with the reason."""
     files: list[SourceFile] = []
     problems: list[dict] = []
     classes = []
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    root_real = os.path.realpath(root)
+    for entry in sorted(_list_folder(str(root), "", problems), key=lambda e: e.name):
         if entry.name.startswith("."):
             continue
-        if not _inside(root, entry):
-            problems.append({"path": entry.name, "reason": "symlink that leaves the source folder, not followed"})
+        skipped = _skip_reason(root, entry, entry.name, (root_real,))
+        if skipped:
+            problems.append({"path": _printable(entry.name), "reason": skipped})
         elif entry.is_dir():
-            found = _scan_class(root, Path(entry.path), unicodedata.normalize("NFC", entry.name), problems)
+            label = unicodedata.normalize("NFC", entry.name)
+            found = _scan_class(root, entry, label, problems, (root_real,))
             if found:
-                classes.append(unicodedata.normalize("NFC", entry.name))
+                classes.append(label)
                 files += found
             else:
                 problems.append({"path": entry.name + "/", "reason": "empty class folder (no files), skipped"})
@@ -115,24 +119,72 @@ def scan_source(root: Path) -> Scan:
     return Scan(files, problems, classes)
 
 
-def _scan_class(root: Path, folder: Path, label: str, problems: list[dict]) -> list[SourceFile]:
+def _scan_class(root: Path, folder: os.DirEntry, label: str, problems: list[dict],
+                chain: tuple[str, ...]) -> list[SourceFile]:
     found = []
-    stack = [str(folder)]
+    # Each folder carries the real paths of the folders above it: a symlink into one of them is a loop.
+    stack = [(folder.path, chain + (os.path.realpath(folder.path),))]
     skip = len(str(root)) + 1  # plain string slicing: pathlib costs ~30 µs a file here
     while stack:
-        current = stack.pop()
-        for entry in os.scandir(current):
+        current, above = stack.pop()
+        for entry in _list_folder(current, current[skip:].replace(os.sep, "/"), problems):
             if entry.name.startswith("."):
                 continue
             relative = entry.path[skip:].replace(os.sep, "/")
-            if entry.is_symlink() and not _inside(root, entry):
-                problems.append({"path": relative, "reason": "symlink that leaves the source folder, not followed"})
+            skipped = _skip_reason(root, entry, relative, above)
+            if skipped:
+                problems.append({"path": _printable(relative), "reason": skipped})
             elif entry.is_dir():
-                stack.append(entry.path)
+                real = os.path.realpath(entry.path) if entry.is_symlink() else f"{above[-1]}/{entry.name}"
+                stack.append((entry.path, above + (real,)))
             elif entry.is_file():
-                stat = entry.stat()
+                try:
+                    stat = entry.stat()
+                except OSError as error:
+                    problems.append({"path": relative, "reason": f"unreadable: {error.strerror}, skipped"})
+                    continue
                 found.append(SourceFile(relative, label, stat.st_size, stat.st_mtime_ns, stat.st_ino))
     return sorted(found, key=lambda f: f.relative)
+
+
+def _list_folder(path: str, relative: str, problems: list[dict]) -> list[os.DirEntry]:
+    """A folder's entries; one that cannot be listed is a problem of the scan, not a crash."""
+    try:
+        with os.scandir(path) as entries:
+            return list(entries)
+    except OSError as error:
+        if not relative:
+            raise UserError(f"source folder {path} cannot be read ({error.strerror}): fix its permissions") from None
+        problems.append({"path": _printable(relative) + "/",
+                         "reason": f"unreadable folder ({error.strerror}), skipped"})
+        return []
+
+
+def _skip_reason(root: Path, entry: os.DirEntry, relative: str, above: tuple[str, ...]) -> str | None:
+    """Why an entry is left out of the scan, or None. Only symlinks and undecodable names cost a check."""
+    if not relative.isascii():
+        try:
+            relative.encode()
+        except UnicodeEncodeError:
+            return "name is not valid UTF-8 (shown with \\x escapes), skipped: rename it"
+    if not entry.is_symlink():
+        return None
+    try:
+        os.stat(entry.path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symlink loop (the link resolves to itself), not followed"
+        return f"dangling symlink to {_printable(os.readlink(entry.path))} ({error.strerror}), skipped"
+    if not _inside(root, entry):
+        return "symlink that leaves the source folder, not followed"
+    if entry.is_dir() and os.path.realpath(entry.path) in above:
+        return "symlink loop (points back to a folder that contains it), not followed"
+    return None
+
+
+def _printable(name: str) -> str:
+    """A file name as JSON can hold it: bytes that are not UTF-8 (surrogate-escaped) as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _inside(root: Path, entry: os.DirEntry) -> bool:
@@ -147,7 +199,8 @@ def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
     scan = scan_source(root)
     checks = {"full_decode": params.full_decode, "max_pixels": params.max_pixels}
     cache_path = ctx.cache_dir("stat") / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".json")
-    cached = _load_stat_cache(cache_path, checks)
+    # --force re-reads every file, so each object is re-hashed and a corrupt one rewritten (StageContext.force).
+    cached = {} if ctx.force else _load_stat_cache(cache_path, checks)
 
     # A cached digest counts only while its object is still in the store (gc may have removed it).
     gone = set(ctx.missing_objects([h["digest"] for h in cached.values() if "digest" in h]))
@@ -199,6 +252,8 @@ def _examine_all(root: Path, todo: list[SourceFile], params: Params, ctx: StageC
 
     def examine(source: SourceFile) -> dict:
         path = prefix + source.relative
+        if source.size > LARGE_FILE_BYTES:
+            return _examine_large(path, source, params, ctx)
         try:
             data = _read_file(path, source.size)
         except OSError as error:
@@ -228,6 +283,23 @@ def _examine_all(root: Path, todo: list[SourceFile], params: Params, ctx: StageC
     if bar is not None:
         bar.close()
     return results
+
+
+def _examine_large(path: str, source: SourceFile, params: Params, ctx: StageContext) -> dict:
+    """A file too large to hold in memory twice: checked from its header and tail, then hashed
+    while it is copied in chunks (a hard link is not worth the special case at this size)."""
+    stat = [source.size, source.mtime_ns, source.inode]
+    try:
+        info = inspect_large_file(path, source.size, params.full_decode, params.max_pixels)
+    except Rejected as why:
+        return {"stat": stat, "reason": str(why)}
+    except OSError as error:
+        return {"stat": None, "reason": f"unreadable: {error.strerror}"}
+    stored = ctx.put_file(path)
+    if stored["size"] != source.size:
+        return {"stat": None, "reason": "changed while being read; ingest again"}
+    return {"stat": stat, "digest": stored["digest"], "format": info.format, "width": info.width,
+            "height": info.height}
 
 
 def _read_file(path: str, size: int) -> bytes:
@@ -266,13 +338,26 @@ def _resolve_repeats(entries: list[dict], on_conflict: str) -> tuple[list[dict],
 
 
 def _load_stat_cache(path: Path, checks: dict) -> dict:
+    """The cached results by relative path. The cache is disposable: a damaged file, or any entry in it
+    that is not what _examine_all writes, only means those files are read again (and the file rewritten)."""
     try:
         data = json.loads(path.read_bytes())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # missing, unreadable, binary or truncated
         return {}
-    if data.get("format") != STAT_CACHE_FORMAT or data.get("checks") != checks:
+    if not isinstance(data, dict) or data.get("format") != STAT_CACHE_FORMAT or data.get("checks") != checks \
+            or not isinstance(data.get("files"), dict):
         return {}
-    return data["files"]
+    return {relative: hit for relative, hit in data["files"].items() if _valid_hit(hit)}
+
+
+def _valid_hit(hit) -> bool:
+    if not isinstance(hit, dict) or not isinstance(hit.get("stat"), list) or len(hit["stat"]) != 3 \
+            or not all(type(n) is int for n in hit["stat"]):
+        return False
+    if "digest" in hit:  # a digest becomes an object path and a manifest entry: it must be one
+        return is_digest(hit["digest"]) and isinstance(hit.get("format"), str) \
+            and type(hit.get("width")) is int and type(hit.get("height")) is int
+    return isinstance(hit.get("reason"), str)
 
 
 def _save_stat_cache(ctx: StageContext, path: Path, checks: dict, results: dict) -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, TypedDict
 
 from lineage.errors import UserError
+from lineage.params import Range
 from lineage.runner import REF, Artifact, Output, StageContext
 
 NAME = "train"
@@ -21,28 +24,62 @@ OUTPUT = "model"
 CODE = ("stages/train.py", "stages/images.py", "stages/predictions.py", "models/")
 
 
+# The backbones models/backbones.py builds (listed here so the config is checked without
+# importing TensorFlow; tests/test_config.py keeps the two lists equal), and their smallest input.
+Backbone = Literal["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "mobilenet_v2",
+                   "efficientnet_b0", "resnet50", "inception_v3"]
+MIN_IMAGE_SIZE = {"inception_v3": 75}
+SMALLEST_IMAGE_SIZE = 32
+Fraction = Annotated[float, Range(0, below=1)]
+
+
+class Augmentation(TypedDict, total=False):
+    """Random changes to training images (models/data.py build_augmentation); 0 or absent is off."""
+
+    flip: Literal["horizontal", "vertical", "horizontal_and_vertical", "none"] | bool | None
+    rotation: Fraction | None
+    zoom: Fraction | None
+    contrast: Fraction | None
+
+
 @dataclass
 class Params:
     input: str = field(default="split:latest", metadata=REF)
-    backbone: str = "efficientnet_lite0"
+    backbone: Backbone = "efficientnet_lite0"
     weights: str | None = "imagenet"  # imagenet, none, or a local weights file
-    image_size: int | None = None  # None: the backbone's own size (224 for efficientnet_lite0)
-    resize: str = "crop"  # resize (stretch), crop (center crop) or pad (letterbox)
-    batch_size: int = 32
-    epochs_head: int = 5
-    epochs_finetune: int = 5
-    lr_head: float = 1e-3
-    lr_finetune: float = 1e-5
-    unfreeze: int | str = 20  # top backbone layers to unfreeze, or the layer to unfreeze from; 0 skips phase 2
-    dropout: float = 0.2
-    early_stopping_patience: int | None = 3
-    reduce_lr_patience: int | None = 2
-    augmentation: dict = field(default_factory=lambda: {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1,
-                                                        "contrast": 0.1})
+    image_size: Annotated[int, Range(SMALLEST_IMAGE_SIZE, 2048)] | None = None  # None: the backbone's own
+    resize: Literal["resize", "crop", "pad"] = "crop"  # stretch, center crop, or letterbox
+    batch_size: Annotated[int, Range(1, 65536)] = 32
+    epochs_head: Annotated[int, Range(0)] = 5
+    epochs_finetune: Annotated[int, Range(0)] = 5
+    lr_head: Annotated[float, Range(above=0, max=10)] = 1e-3
+    lr_finetune: Annotated[float, Range(above=0, max=10)] = 1e-5
+    # Top backbone layers to unfreeze, or the layer to unfreeze from; 0 skips phase 2.
+    unfreeze: Annotated[int, Range(0)] | str = 20
+    dropout: Fraction = 0.2  # before the head's Dense layer
+    early_stopping_patience: Annotated[int, Range(0)] | None = 3
+    reduce_lr_patience: Annotated[int, Range(0)] | None = 2
+    augmentation: Augmentation = field(default_factory=lambda: {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1,
+                                                                "contrast": 0.1})
     use_feature_cache: bool = True
     seed: int = 42
     tensorboard: bool = False
-    verbose: int = field(default=2, metadata={"cache": False})
+    verbose: Literal[0, 1, 2] = field(default=2, metadata={"cache": False})
+
+    def __post_init__(self):
+        smallest = MIN_IMAGE_SIZE.get(self.backbone, SMALLEST_IMAGE_SIZE)
+        if self.image_size is not None and self.image_size < smallest:
+            raise UserError(f"train.image_size is {self.image_size}: {self.backbone} needs at least {smallest}")
+        if self.epochs_head == 0 and not self.finetunes:
+            raise UserError("train: nothing to train: set train.epochs_head above 0, or train.epochs_finetune "
+                            "above 0 with train.unfreeze")
+        if _weights_file(self.weights) and not Path(self.weights).expanduser().is_file():
+            raise UserError(f"train.weights: {self.weights} is not a file: give a weights file, "
+                            "or weights: imagenet / none")
+
+    @property
+    def finetunes(self) -> bool:
+        return self.epochs_finetune > 0 and self.unfreeze not in (0, "")
 
 
 def input_refs(params: Params) -> dict[str, str]:
@@ -56,6 +93,9 @@ def fingerprint(params: Params) -> str | None:
 
 
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
+    from models.quiet import import_tensorflow
+
+    import_tensorflow()  # first, so TensorFlow's native start-up lines are hidden (models/quiet.py)
     from models.backbones import build_feature_extractor, build_head, get_backbone
     from models.predict import predict_table
     from models.training import TrainConfig, train_two_phase
@@ -69,13 +109,13 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     backbone = get_backbone(params.backbone)
     size = params.image_size or backbone.default_size
     classes = split.manifest["meta"]["classes"]
+    # The backbone first: missing weights or a misspelt layer fail in seconds, before decoding every image.
+    extractor = build_feature_extractor(params.backbone, size, params.weights)
+    head = build_head(backbone.feature_dim, len(classes), params.dropout)
     train = load_split_images(split, "train", classes, size, params.resize, ctx)
     val = load_split_images(split, "val", classes, size, params.resize, ctx)
     ctx.log(f"train: {params.backbone} at {size} px on {len(train.labels):,} train / {len(val.labels):,} val "
             f"images, {len(classes)} classes")
-
-    extractor = build_feature_extractor(params.backbone, size, params.weights)
-    head = build_head(backbone.feature_dim, len(classes), params.dropout)
     work = ctx.temp_dir()
     config = TrainConfig(
         epochs_head=params.epochs_head, epochs_finetune=params.epochs_finetune, batch_size=params.batch_size,
@@ -108,12 +148,15 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     return [model, prediction_output(ctx, table, classes, split="val", made_with={"split": split.ref})]
 
 
+def _weights_file(weights: str | None) -> bool:
+    """Whether `weights` names a local file (rather than imagenet or none)."""
+    return weights is not None and weights.strip().lower() not in ("", "none", "imagenet")
+
+
 def _weights_key(weights: str | None) -> str:
     """Features depend on which weights made them: a local file is keyed by its content."""
-    if weights in (None, "none", "imagenet"):
+    if not _weights_file(weights):
         return str(weights)
-    from pathlib import Path
-
     from lineage.store import sha256_file
     path = Path(weights).expanduser()
     return sha256_file(path)[:16] if path.is_file() else "missing"

@@ -50,5 +50,28 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
                           capture_output=True, text=True, env=full_env, timeout=600)
 
 
+def run_cli_traced(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """run_cli, plus `.imported`: every module the command (or any Python it starts) imported.
+
+    PYTHONPROFILEIMPORTTIME=1 (python -X importtime) makes the interpreter write one "import time:"
+    line per module to stderr as it imports it, however it is imported; those lines are taken out
+    of `.stderr`, so the rest of it reads as usual. A lazy import that does happen is listed too."""
+    result = run_cli(*args, cwd=cwd, env={**(env or {}), "PYTHONPROFILEIMPORTTIME": "1"})
+    kept, result.imported = [], set()
+    for line in result.stderr.splitlines(keepends=True):
+        if line.startswith("import time:"):
+            result.imported.add(line.rsplit("|", 1)[-1].strip())
+        else:
+            kept.append(line)
+    result.stderr = "".join(kept)
+    return result
+
+
+def tensorflow_imports(result: subprocess.CompletedProcess) -> list[str]:
+    """The TensorFlow and Keras modules a run_cli_traced command imported (none, for one that neither trains
+    nor predicts)."""
+    return sorted(m for m in result.imported if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+
+
 def pytest_configure(config):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

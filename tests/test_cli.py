@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import make_class_folders, run_cli
+from conftest import make_class_folders, run_cli, run_cli_traced, tensorflow_imports
 
 
 @pytest.fixture
@@ -42,6 +42,20 @@ def test_run_skips_what_is_up_to_date_and_why_names_changes(demo_store):
     assert rerun.stdout.splitlines() == ["ingest: wrote raw-data:v2", "split: wrote split:v2"]
     forced = run_cli("split", "-q", "--config", str(config), "--force")
     assert forced.stdout.strip().endswith("split: wrote split:v2")
+
+
+def test_commands_that_neither_train_nor_predict_never_import_tensorflow(demo_store):
+    tmp_path, config = demo_store
+    more = make_class_folders(tmp_path / "more", {"Aves": 4, "Fungi": 4}, seed=3)
+    commands = [["run"], ["ls"], ["show", "split:v1"], ["lineage", "raw-data:v1"], ["why", "split"],
+                ["why", "split", "--set", "split.seed=9"], ["verify"], ["gc"], ["alias", "split:v1", "first"],
+                ["split", "--force"], ["ingest", str(more)], ["ingest", str(more)]]
+    offenders = []
+    for command in commands:  # the second ingest of `more` is a cache hit, the first a real run
+        result = run_cli_traced(*command, "--config", str(config))
+        assert result.returncode == 0 and "Traceback" not in result.stderr, (command, result.stderr)
+        offenders += [(" ".join(command), tensorflow_imports(result)[:3])] if tensorflow_imports(result) else []
+    assert offenders == []
 
 
 def test_ls_show_lineage(demo_store):
@@ -88,7 +102,7 @@ def test_verify_names_damage_and_gc_removes_garbage(demo_store):
     (["show", "split:v7"], "error: split:v7 does not exist: split has v1..v1 and aliases latest"),
     (["show", "model:latest"], "error: no artifact named 'model': artifacts in this store: raw-data, split"),
     (["split", "--set", "split.sead=3"], "error: unknown config key split.sead in"),
-    (["split", "--set", "split.seed=three"], "error: split.seed is 'three' (str): it must be a whole number"),
+    (["split", "--set", "split.seed=three"], "error: split.seed is 'three' (text): it must be a whole number"),
     (["split", "--set", "split.per_class={train: 30, val: 2}"], "error: class 'Aves' has 7 images, too few"),
     (["split", "--set", "colour=red"], "error: unknown config key colour"),
 ])

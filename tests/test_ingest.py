@@ -14,6 +14,7 @@ from conftest import make_class_folders, write_image
 from lineage import runner
 from lineage.errors import UserError
 from lineage.store import Store
+from lineage.verify import verify
 from stages import ingest
 
 
@@ -130,3 +131,30 @@ def test_folder_without_classes_or_images(tmp_path):
         _ingest(tmp_path, tmp_path / "junk")
     with pytest.raises(UserError, match="does not exist"):
         _ingest(tmp_path, tmp_path / "missing")
+
+
+def test_hardlink_mode_links_the_source_files_and_verify_sees_them_edited(tmp_path):
+    root = make_class_folders(tmp_path / "src", {"Aves": 3, "Fungi": 3})
+    stores, manifests = {}, {}
+    for link in ("copy", "hardlink"):
+        stores[link] = Store.open(tmp_path / f"store-{link}", create=True)
+        result = runner.execute(stores[link], ingest, ingest.Params(source=str(root), link=link), log=lambda m: None)
+        manifests[link] = result.outputs[0].digest, stores[link].read_manifest("raw-data", result.outputs[0].digest)
+    assert manifests["hardlink"] == manifests["copy"]  # the mode changes how objects are stored, not the version
+    entries = manifests["hardlink"][1]["entries"]
+    assert len(entries) == 6
+    for entry in entries:
+        source = (root / entry["path"]).stat()
+        linked = stores["hardlink"].object_path(entry["digest"]).stat()
+        copied = stores["copy"].object_path(entry["digest"]).stat()
+        assert linked.st_ino == source.st_ino and linked.st_nlink >= 2
+        assert copied.st_ino != source.st_ino and copied.st_nlink == 1
+    assert verify(stores["hardlink"]).problems == []
+
+    edited = next(e for e in entries if e["path"] == "Fungi/img_001.png")
+    with open(root / edited["path"], "r+b") as source:  # in place: the same inode, so the object changes too
+        source.seek(0, os.SEEK_END)
+        source.write(b"edited after ingest")
+    problems = verify(stores["hardlink"]).problems
+    assert len(problems) == 1 and problems[0].startswith(f"object {edited['digest'][:12]} is corrupt")
+    assert verify(stores["copy"]).problems == []

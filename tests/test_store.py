@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from file_access import watch_file_reads
 from lineage import runner
 from lineage.errors import UserError
 from lineage.graph import Graph
@@ -113,19 +114,15 @@ def test_graph_rebuilds_from_runs_and_manifests(tmp_path, image_root):
     assert not verify(store).problems
 
 
-def test_unchanged_reingest_is_a_cache_hit_and_reads_nothing(tmp_path, image_root, monkeypatch):
+def test_unchanged_reingest_is_a_cache_hit_and_reads_nothing(tmp_path, image_root):
     store = Store.open(tmp_path / "s", create=True)
     _ingest(store, image_root)
-
-    from pathlib import Path
-    original = Path.read_bytes
-
-    def no_image_reading(path):
-        assert image_root not in path.parents, f"{path} was read"
-        return original(path)
-    monkeypatch.setattr(Path, "read_bytes", no_image_reading)
-    again = _ingest(store, image_root)
-    assert again.reused and again.outputs[0].ref == "raw-data:v1"
+    with watch_file_reads(image_root) as access:
+        again = _ingest(store, image_root)
+        assert again.reused and again.outputs[0].ref == "raw-data:v1"
+        assert access.collect() == set(), "an unchanged folder's files were opened or read"
+        (image_root / "Aves" / "img_003.png").read_bytes()  # the watch itself sees a read
+        assert access.collect() == {"Aves/img_003.png"}
 
 
 def test_stat_cache_reads_only_changed_files(tmp_path, image_root):
