@@ -67,6 +67,9 @@ class Store:
         self.quarantine_dir = self.root / "quarantine"  # damaged files moved aside by `verify --repair`
         self._objects_prefix = f"{self.objects_dir}/"
         self._present: set[str] = set()  # objects seen by missing_objects: they are never removed mid-run
+        # Checked manifests by (name, digest): a manifest's name is the hash of its bytes, so one that has
+        # passed the check once is the same wherever it is read again in this process.
+        self._manifests: dict[tuple[str, str], dict] = {}
         self._listed: set[str] = set()
 
     # -- opening -----------------------------------------------------------------------
@@ -272,6 +275,8 @@ class Store:
 
     def load_manifest(self, name: str, digest: str) -> dict:
         """The checked manifest, or CorruptRecord saying what is wrong (FileNotFoundError if absent)."""
+        if (name, digest) in self._manifests:
+            return self._manifests[(name, digest)]
         path = self.manifest_path(name, digest)
         try:
             data = read_no_follow(path)
@@ -281,7 +286,8 @@ class Store:
             raise CorruptRecord(f"unreadable: {error.strerror}") from None
         if sha256_bytes(data) != digest:
             raise CorruptRecord("its bytes no longer hash to its name")
-        return check_manifest(parse_json(data), name)
+        manifest = self._manifests[(name, digest)] = check_manifest(parse_json(data), name)
+        return manifest
 
     def read_manifest(self, name: str, digest: str) -> dict:
         """A version's manifest; a missing or damaged one is a UserError that says how to rewrite it."""
