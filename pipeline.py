@@ -89,9 +89,16 @@ def cmd_run(args) -> int:
         graph = Graph.load(store)
         inputs = [graph.resolve(ref) for ref in first.input_refs(params[config.stages[0]]).values()]
         _check_known_classes(store, config, config.stages, inputs)
+    written: list[str] = []  # what earlier stages of this command committed, for an interrupt's message
     for position, name in enumerate(config.stages):
-        result = runner.execute(store, stage_module(name), params[name], force=args.force,
-                                log=_logger(args), progress=_progress(args))
+        try:
+            result = runner.execute(store, stage_module(name), params[name], force=args.force,
+                                    log=_logger(args), progress=_progress(args))
+        except BaseException as error:
+            if written:
+                error.committed_earlier = list(written)
+            raise
+        written += [] if result.reused else [version.ref for version in result.outputs]
         _say_result(result)
         _check_known_classes(store, config, config.stages[position + 1:], result.outputs)
     return 0

@@ -57,6 +57,10 @@ def describe_interrupt(error: BaseException) -> str:
     if committed:
         return (f"interrupted after {', '.join(committed)} was committed: the version is in the store; "
                 "lineage.json catches up on the next command")
+    earlier = getattr(error, "committed_earlier", None)
+    if earlier:  # `pipeline.py run`: the stages before the interrupted one did commit
+        return (f"interrupted: the running stage committed nothing; {', '.join(earlier)}, written before it, "
+                "are committed")
     return "interrupted: nothing was committed; the store is as it was"
 
 
