@@ -106,9 +106,7 @@ def cmd_run(args) -> int:
 
 def _check_known_classes(store, config, stages: list[str], versions) -> None:
     """Check the later stages' class names against the first of these versions that has classes."""
-    from stages.config import stage_module
-
-    if not any(hasattr(stage_module(name), "check_classes") for name in stages):
+    if not config.class_checkers(stages):
         return  # nothing later names classes: no manifest to read
     for version in versions:
         classes = store.read_manifest(version.name, version.digest).get("meta", {}).get("classes")

@@ -21,3 +21,9 @@ def human_size(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
     return f"{size:.1f} GB"
+
+
+def printable_name(name: str) -> str:
+    """A file name as JSON and a terminal can hold it: bytes that are not UTF-8 (which Python keeps as
+    surrogate escapes) shown as \\xNN. Equal to the name itself exactly when the name is valid UTF-8."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

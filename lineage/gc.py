@@ -97,25 +97,6 @@ def live_versions(store: Store) -> set[tuple[str, str]]:
             for o in r.get("outputs", [])} | store.quarantined_versions()
 
 
-def unreferenced_objects(store: Store, live: set[tuple[str, str]] | None = None) -> list[str]:
-    """Objects that no live manifest (one a finished run made) refers to."""
-    if live is None:
-        live = live_versions(store)
-    referenced = set().union(*(_objects_named(store, key) for key in live))  # verify reports unreadable ones
-    return [digest for digest, _ in object_files(store) if digest not in referenced]
-
-
-def foreign_paths(store: Store) -> list[str]:
-    """"<path> <why>" for every link (or stray folder) where the store keeps objects, manifests or
-    staging files: what gc leaves alone and `verify` can report."""
-    foreign: list[str] = []
-    for _ in object_files(store, foreign):
-        pass
-    list(_manifest_files(store, foreign))
-    _staging_entries(store, foreign)
-    return foreign
-
-
 def _live_objects(store: Store, live: set[tuple[str, str]]) -> set[str]:
     """Every object a live manifest names. One that cannot be read stops gc: what it needs is unknown.
     Objects a quarantined manifest still names stay too, until the stage that made it has run again."""
@@ -147,29 +128,31 @@ def _objects_named(store: Store, key: tuple[str, str]) -> set[str]:
 def object_files(store: Store, foreign: list[str] | None = None) -> Iterator[tuple[str, Path]]:
     """(digest, path) of every object file, never following a link. Links (and folders where an
     object file should be) are not objects: they are added to `foreign` when given, else skipped."""
-    for prefix in _scan(store.objects_dir):
-        if prefix.is_symlink():
-            _note(foreign, prefix.path, FOREIGN)
-        elif prefix.is_dir(follow_symlinks=False):
-            for entry in _scan(prefix.path):
-                if entry.is_symlink():
-                    _note(foreign, entry.path, FOREIGN)
-                elif entry.is_file(follow_symlinks=False):
-                    yield prefix.name + entry.name, Path(entry.path)
-                else:
-                    _note(foreign, entry.path, "is not an object file: remove it by hand")
+    for prefix, entry in _two_deep(store.objects_dir, foreign):
+        if entry.is_file(follow_symlinks=False):
+            yield prefix + entry.name, Path(entry.path)
+        else:
+            _note(foreign, entry.path, "is not an object file: remove it by hand")
 
 
 def _manifest_files(store: Store, foreign: list[str]) -> Iterator[tuple[tuple[str, str], Path]]:
-    for folder in _scan(store.manifests_dir):
+    for name, entry in _two_deep(store.manifests_dir, foreign):
+        if entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
+            yield (name, entry.name[:-len(".json")]), Path(entry.path)
+
+
+def _two_deep(root: Path, foreign: list[str] | None) -> Iterator[tuple[str, os.DirEntry]]:
+    """(folder name, entry) for every entry one folder below `root` (objects/sha256/ab/…,
+    manifests/<name>/…), links noted as foreign at either level and never followed."""
+    for folder in _scan(root):
         if folder.is_symlink():
             _note(foreign, folder.path, FOREIGN)
         elif folder.is_dir(follow_symlinks=False):
             for entry in _scan(folder.path):
                 if entry.is_symlink():
                     _note(foreign, entry.path, FOREIGN)
-                elif entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
-                    yield (folder.name, entry.name[:-len(".json")]), Path(entry.path)
+                else:
+                    yield folder.name, entry
 
 
 def _staging_entries(store: Store, foreign: list[str]) -> list[Path]:

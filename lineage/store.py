@@ -277,13 +277,7 @@ class Store:
         """The checked manifest, or CorruptRecord saying what is wrong (FileNotFoundError if absent)."""
         if (name, digest) in self._manifests:
             return self._manifests[(name, digest)]
-        path = self.manifest_path(name, digest)
-        try:
-            data = read_no_follow(path)
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise CorruptRecord(f"unreadable: {error.strerror}") from None
+        data = _record_bytes(self.manifest_path(name, digest))
         if sha256_bytes(data) != digest:
             raise CorruptRecord("its bytes no longer hash to its name")
         manifest = self._manifests[(name, digest)] = check_manifest(parse_json(data), name)
@@ -322,13 +316,7 @@ class Store:
 
     def load_run(self, path: Path) -> dict:
         """The checked run record in `path`, or CorruptRecord saying what is wrong."""
-        try:
-            data = read_no_follow(path)
-        except FileNotFoundError:
-            raise
-        except OSError as error:
-            raise CorruptRecord(f"unreadable: {error.strerror}") from None
-        return check_run(parse_json(data), path.stem)
+        return check_run(parse_json(_record_bytes(path)), path.stem)
 
     def read_run(self, run_id: str) -> dict | None:
         """One run record (None if it is not there); a damaged one is a UserError with the fix."""
@@ -417,6 +405,17 @@ def rerun_fix(stage: str) -> str:
 def damaged_run_message(path: Path, why: str) -> str:
     return (f"run record {path} is damaged ({why}): run `pipeline.py lineage --rebuild`, which moves it to "
             "quarantine/runs/ and keeps the versions it made")
+
+
+def _record_bytes(path: Path) -> bytes:
+    """A manifest's or run record's bytes: FileNotFoundError if absent, CorruptRecord if unreadable
+    (a symlink among them: the store never makes one)."""
+    try:
+        return read_no_follow(path)
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise CorruptRecord(f"unreadable: {error.strerror}") from None
 
 
 def read_no_follow(path: Path) -> bytes:

@@ -63,7 +63,7 @@ def verify(store: Store, workers: int = 4) -> Report:
     _check_run_references(store, report, records, readable, producers)
     if len(records) == report.checked_runs:
         _check_graph(store, report)
-    live = set(producers)
+    live = set(producers) | store.quarantined_versions()  # what gc keeps (lineage/gc.py live_versions)
     report.garbage_manifests = len(set(readable) - live)
     # While a live manifest is unreadable, which objects it needs is unknown: none is counted as garbage.
     unknown = any(key not in readable for key in live)

@@ -75,13 +75,17 @@ class Config:
                                 f"of {', '.join(parts)}")
         return built
 
+    def class_checkers(self, stages: list[str]) -> list[str]:
+        """The stages among these whose settings name classes of the data they will read (evaluate.scatter,
+        say): those that define `check_classes` and read the newest versions of their inputs."""
+        return [name for name in stages
+                if hasattr(stage_module(name), "check_classes") and _reads_latest(self.params(name))]
+
     def check_classes(self, stages: list[str], classes: list[str], where: str) -> None:
-        """What can be checked only once the data's classes are known (class names in evaluate.scatter,
-        say): `pipeline.py run` calls this as soon as a version with classes exists, before training."""
-        for name in stages:
-            check = getattr(stage_module(name), "check_classes", None)
-            if check is not None and _reads_latest(self.params(name)):
-                check(self.params(name), classes, where)
+        """What can be checked only once the data's classes are known: `pipeline.py run` calls this as soon
+        as a version with classes exists, before training."""
+        for name in self.class_checkers(stages):
+            stage_module(name).check_classes(self.params(name), classes, where)
 
 
 def _reads_latest(params: Any) -> bool:

@@ -9,9 +9,11 @@ when a full decode is asked for, goes through Pillow.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 from dataclasses import dataclass
+from typing import Iterator
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -118,26 +120,42 @@ def _bmp(data: bytes) -> ImageInfo | None:
 
 
 def _with_pillow(data: bytes, max_pixels: int) -> ImageInfo:
+    with _pillow_reading():
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            info = _pillow_info(image, max_pixels)
+            image.load()
+            return info
+
+
+@contextlib.contextmanager
+def _pillow_reading() -> Iterator[None]:
+    """Whatever Pillow raises on a file that is not a whole image becomes the reason it is rejected."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # we apply our own limit, with our own message
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            fmt = (image.format or "").upper()
-            if fmt not in ACCEPTED_FORMATS:
-                raise Rejected(f"unsupported image format {fmt or 'unknown'} "
-                               f"(accepted: {', '.join(ACCEPTED_FORMATS)})")
-            width, height = image.size
-            if width * height > max_pixels:
-                raise Rejected(f"decompression bomb: {width}x{height} is over {max_pixels:,} pixels")
-            image.load()
-            return ImageInfo(fmt, width, height)
+        yield
     except UnidentifiedImageError:
         raise Rejected("not an image (no format Pillow knows)") from None
     except Rejected:
         raise
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
         raise Rejected(f"truncated or corrupt image: {error}") from None
+
+
+def _pillow_info(image, max_pixels: int) -> ImageInfo:
+    """Format and size of an image Pillow opened (its header only), refused if not one we take."""
+    fmt = (image.format or "").upper()
+    if fmt not in ACCEPTED_FORMATS:
+        raise Rejected(f"unsupported image format {fmt or 'unknown'} (accepted: {', '.join(ACCEPTED_FORMATS)})")
+    width, height = image.size
+    if width <= 0 or height <= 0:
+        raise Rejected(f"{fmt} header gives an impossible size {width}x{height}")
+    if width * height > max_pixels:
+        raise Rejected(f"decompression bomb: {width}x{height} is over {max_pixels:,} pixels")
+    return ImageInfo(fmt, width, height)
 
 
 LARGE_HEAD_BYTES = 1 << 20
@@ -149,35 +167,20 @@ def inspect_large_file(path: str, size: int, full_decode: bool = False,
     """inspect_image for a file too large to read whole: Pillow reads the header from the file,
     and completeness is checked from the tail, so memory stays bounded whatever the file's size
     (a 1 GB file named x.jpg is rejected after reading about 1 MB of it)."""
-    from PIL import Image, UnidentifiedImageError
-
     with open(path, "rb") as handle:
         head = handle.read(LARGE_HEAD_BYTES)
         handle.seek(max(0, size - LARGE_TAIL_BYTES))
         tail = handle.read(LARGE_TAIL_BYTES)
         handle.seek(0)
-        Image.MAX_IMAGE_PIXELS = None  # our own limit, with our own message
-        try:
+        with _pillow_reading():
+            from PIL import Image
+
             with Image.open(handle) as image:
-                fmt = (image.format or "").upper()
-                width, height = image.size
-                if fmt not in ACCEPTED_FORMATS:
-                    raise Rejected(f"unsupported image format {fmt or 'unknown'} "
-                                   f"(accepted: {', '.join(ACCEPTED_FORMATS)})")
-                if width <= 0 or height <= 0:
-                    raise Rejected(f"{fmt} header gives an impossible size {width}x{height}")
-                if width * height > max_pixels:
-                    raise Rejected(f"decompression bomb: {width}x{height} is over {max_pixels:,} pixels")
-                _check_tail(fmt, head, tail, size)
+                info = _pillow_info(image, max_pixels)
+                _check_tail(info.format, head, tail, size)
                 if full_decode:
                     image.load()  # bounded by max_pixels, not by the file's size
-                return ImageInfo(fmt, width, height)
-        except UnidentifiedImageError:
-            raise Rejected("not an image (no format Pillow knows)") from None
-        except Rejected:
-            raise
-        except (OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
-            raise Rejected(f"truncated or corrupt image: {error}") from None
+                return info
 
 
 def _check_tail(fmt: str, head: bytes, tail: bytes, size: int) -> None:

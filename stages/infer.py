@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+from lineage.display import printable_name
 from lineage.errors import UserError
 from lineage.params import Range
 from lineage.runner import REF, Artifact, Output, StageContext
@@ -101,7 +102,7 @@ def _walk_folder(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue
-        shown = str(relative).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        shown = printable_name(str(relative))
         if shown != str(relative):
             skipped.append((shown, "name is not valid UTF-8 (shown with \\x escapes): rename it"))
         elif path.is_symlink() and not path.exists():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
-from lineage.display import format_counts
+from lineage.display import format_counts, printable_name
 from lineage.errors import UserError
 from lineage.params import Range
 from lineage.records import is_digest
@@ -101,7 +101,7 @@ def scan_source(root: Path) -> Scan:
             continue
         skipped = _skip_reason(root, entry, entry.name, (root_real,))
         if skipped:
-            problems.append({"path": _printable(entry.name), "reason": skipped})
+            problems.append({"path": printable_name(entry.name), "reason": skipped})
         elif entry.is_dir():
             label = unicodedata.normalize("NFC", entry.name)
             found = _scan_class(root, entry, label, problems, (root_real,))
@@ -133,7 +133,7 @@ def _scan_class(root: Path, folder: os.DirEntry, label: str, problems: list[dict
             relative = entry.path[skip:].replace(os.sep, "/")
             skipped = _skip_reason(root, entry, relative, above)
             if skipped:
-                problems.append({"path": _printable(relative), "reason": skipped})
+                problems.append({"path": printable_name(relative), "reason": skipped})
             elif entry.is_dir():
                 real = os.path.realpath(entry.path) if entry.is_symlink() else f"{above[-1]}/{entry.name}"
                 stack.append((entry.path, above + (real,)))
@@ -155,7 +155,7 @@ def _list_folder(path: str, relative: str, problems: list[dict]) -> list[os.DirE
     except OSError as error:
         if not relative:
             raise UserError(f"source folder {path} cannot be read ({error.strerror}): fix its permissions") from None
-        problems.append({"path": _printable(relative) + "/",
+        problems.append({"path": printable_name(relative) + "/",
                          "reason": f"unreadable folder ({error.strerror}), skipped"})
         return []
 
@@ -174,17 +174,12 @@ def _skip_reason(root: Path, entry: os.DirEntry, relative: str, above: tuple[str
     except OSError as error:
         if error.errno == errno.ELOOP:
             return "symlink loop (the link resolves to itself), not followed"
-        return f"dangling symlink to {_printable(os.readlink(entry.path))} ({error.strerror}), skipped"
+        return f"dangling symlink to {printable_name(os.readlink(entry.path))} ({error.strerror}), skipped"
     if not _inside(root, entry):
         return "symlink that leaves the source folder, not followed"
     if entry.is_dir() and os.path.realpath(entry.path) in above:
         return "symlink loop (points back to a folder that contains it), not followed"
     return None
-
-
-def _printable(name: str) -> str:
-    """A file name as JSON can hold it: bytes that are not UTF-8 (surrogate-escaped) as \\xNN."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _inside(root: Path, entry: os.DirEntry) -> bool:
