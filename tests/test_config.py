@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT, make_class_folders, run_cli, run_cli_traced, tensorflow_imports
+from demo.data import FASHION_CLASSES
 from lineage.errors import UserError
 from stages.config import STAGE_ORDER, load_config, parse_yaml, stage_module
 
@@ -174,12 +175,17 @@ def test_class_names_are_checked_as_soon_as_the_data_is_known(tmp_path):
     assert "split: wrote split:v1" in pinned.stdout and "predictions" in pinned.stderr
 
 
+SHIPPED_RUNS = [("default.yaml", "data/inaturalist_12K/train", INATURALIST_TAXA),
+                ("demo.yaml", "data/fashion-mnist", list(FASHION_CLASSES))]
+
+
 @pytest.mark.slow
-def test_the_default_config_runs_end_to_end_on_tiny_data(tmp_path):
-    """configs/default.yaml as shipped, from a folder laid out as it expects (data/inaturalist_12K/train with
-    the ten taxa), with overrides for sizes and epochs only."""
-    make_class_folders(tmp_path / "data" / "inaturalist_12K" / "train", {taxon: 8 for taxon in INATURALIST_TAXA})
-    result = run_cli("run", "--config", str(PROJECT / "configs" / "default.yaml"),
+@pytest.mark.parametrize("name, source, classes", SHIPPED_RUNS, ids=[run[0] for run in SHIPPED_RUNS])
+def test_a_shipped_config_runs_end_to_end_on_tiny_data(tmp_path, name, source, classes):
+    """A config as shipped, from a folder laid out as it expects (its source folder with its classes),
+    with overrides for sizes and epochs only. (smoke.yaml runs in tests/test_end_to_end.py.)"""
+    make_class_folders(tmp_path / source, {label: 8 for label in classes})
+    result = run_cli("run", "--config", str(PROJECT / "configs" / name),
                      "--set", "split.per_class={train: 4, val: 2, test: 2}", "--set", "train.image_size=32",
                      "--set", "train.batch_size=8", "--set", "train.epochs_head=1", "--set", "train.epochs_finetune=1",
                      cwd=tmp_path)
