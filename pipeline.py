@@ -18,8 +18,8 @@ import os
 import sys
 
 from lineage.errors import UserError
+from stages import STAGES
 
-STAGE_COMMANDS = ("ingest", "split", "train", "infer", "evaluate")
 OPENED_STORES: list = []  # the stores this command opened, for naming one in an error that names no file
 
 
@@ -59,14 +59,14 @@ def _quiet_tensorflow(verbose: bool) -> None:
 
 def cmd_stage(args) -> int:
     from lineage import runner
-    from stages.config import stage_module
+    from stages import load_stage
 
     config = _config(args)
     if args.command == "ingest" and args.source:
         config.sections["ingest"]["source"] = args.source
     params = config.check([args.command])[args.command]
     store = _store(config, create=args.command == "ingest")
-    result = runner.execute(store, stage_module(args.command), params, force=args.force,
+    result = runner.execute(store, load_stage(args.command), params, force=args.force,
                             aliases=args.alias, log=_logger(args), progress=_progress(args))
     _say_result(result)
     return 0
@@ -79,12 +79,12 @@ def cmd_run(args) -> int:
     use as soon as the data's classes are known: a config that cannot succeed fails in seconds."""
     from lineage import runner
     from lineage.graph import Graph
-    from stages.config import stage_module
+    from stages import load_stage
 
     config = _config(args)
     params = config.check(config.stages)
     store = _store(config, create="ingest" in config.stages)
-    first = stage_module(config.stages[0])
+    first = load_stage(config.stages[0])
     if config.stages[0] != "ingest":  # its inputs exist already: their classes are known now
         graph = Graph.load(store)
         inputs = [graph.resolve(ref) for ref in first.input_refs(params[config.stages[0]]).values()]
@@ -92,7 +92,7 @@ def cmd_run(args) -> int:
     written: list[str] = []  # what earlier stages of this command committed, for an interrupt's message
     for position, name in enumerate(config.stages):
         try:
-            result = runner.execute(store, stage_module(name), params[name], force=args.force,
+            result = runner.execute(store, load_stage(name), params[name], force=args.force,
                                     log=_logger(args), progress=_progress(args))
         except BaseException as error:
             if written:
@@ -116,23 +116,24 @@ def _check_known_classes(store, config, stages: list[str], versions) -> None:
 
 
 def cmd_why(args) -> int:
-    from lineage import runner
     from lineage.graph import Graph
-    from stages.config import stage_module
+    from lineage.plan import plan
+    from lineage.why import explain
+    from stages import load_stage
 
     config = _config(args)
     store = _store(config)
     graph = Graph.load(store)
-    stage = stage_module(args.stage)
+    stage = load_stage(args.stage)
     params = config.check([args.stage])[args.stage]
-    the_plan = runner.plan(store, graph, stage, params)
+    the_plan = plan(graph, stage, params)
     reuse = graph.finished_run_with_key(the_plan.cache_key)
     if reuse:
         outputs = ", ".join(graph.find(o["name"], o["digest"]).ref for o in reuse[1]["outputs"])
         print(f"{args.stage}: up to date ({outputs}, run {reuse[0]})")
         return 0
     print(f"{args.stage} would run:")
-    for reason in runner.explain(store, graph, stage, params):
+    for reason in explain(store, graph, stage, params):
         print(f"  {reason}")
     return 0
 
@@ -257,7 +258,7 @@ def cmd_gc(args) -> int:
 # -- prediction tables and reports ----------------------------------------------------------
 
 def cmd_table(args) -> int:
-    from report.table import format_table, query_table
+    from tables.table import format_table, query_table
 
     frame = _predictions(args, args.ref)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
@@ -268,7 +269,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from report.compare import compare_predictions, format_comparison
+    from tables.compare import compare_predictions, format_comparison
 
     comparison = compare_predictions(_predictions(args, args.ref_a), _predictions(args, args.ref_b),
                                      args.ref_a, args.ref_b, filter=args.filter)
@@ -331,8 +332,8 @@ def cmd_demo_data(args) -> int:
 
 def _predictions(args, ref: str):
     from lineage.graph import Graph
-    from lineage.runner import Artifact
-    from stages.predictions import read_predictions
+    from lineage.contract import Artifact
+    from tables.predictions import read_predictions
 
     store = _store(_config(args))
     graph = Graph.load(store)
@@ -343,7 +344,7 @@ def _predictions(args, ref: str):
 # -- plumbing --------------------------------------------------------------------------------
 
 def _config(args):
-    from stages.config import load_config
+    from workflow.config import load_config
 
     return load_config(args.config, args.set, args.store)
 
@@ -379,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    for name in STAGE_COMMANDS:
+    for name in STAGES:
         sub = commands.add_parser(name, parents=[common], help=f"run the {name} stage")
         if name == "ingest":
             sub.add_argument("source", nargs="?", help="folder with one subfolder per class (else ingest.source)")
@@ -392,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_run)
 
     sub = commands.add_parser("why", parents=[common], help="say what changed since a stage's last run")
-    sub.add_argument("stage", choices=STAGE_COMMANDS)
+    sub.add_argument("stage", choices=STAGES)
     sub.set_defaults(handler=cmd_why)
 
     sub = commands.add_parser("ls", parents=[common], help="list artifacts and their versions")

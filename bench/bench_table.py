@@ -2,10 +2,10 @@
 
 Builds a 100,000-row x 10-class prediction table as Parquet in a temporary folder, then
 times, in-process (median of REPEATS runs):
-  ours:     report.table.query_table(filter=FILTER, group_by="truth")
+  ours:     tables.table.query_table(filter=FILTER, group_by="truth")
   baseline: the same selection by pandas boolean indexing, then pd.crosstab
 plus the filter and the group-by alone, and text/csv formatting of the result rows.
-With node on the PATH it also times report/static/query.js filtering the same rows.
+With node on the PATH it also times tables/query.js filtering the same rows.
 Prints the figures and writes them to bench/results/table.json.
 
     .venv/bin/python bench/bench_table.py [--rows 100000] [--repeats 7]
@@ -30,8 +30,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report.query import filter_frame  # noqa: E402
-from report.table import format_table, group_rows, query_table  # noqa: E402
+from tables.query import filter_frame  # noqa: E402
+from tables.table import format_table, group_rows, query_table  # noqa: E402
 
 ROWS = 100_000
 CLASSES = [f"class_{i}" for i in range(10)]
@@ -117,6 +117,7 @@ def cli_wall_s(frame: pd.DataFrame, folder: Path, repeats: int) -> float:
     from types import SimpleNamespace
 
     from lineage import runner
+    from lineage.contract import Output
     from lineage.store import Store
 
     @dataclass
@@ -126,10 +127,11 @@ def cli_wall_s(frame: pd.DataFrame, folder: Path, repeats: int) -> float:
     def run(inputs, params, ctx):
         buffer = __import__("io").BytesIO()
         frame.to_parquet(buffer, index=False, compression="zstd")
-        return [runner.Output("predictions", {"files": {"predictions.parquet": ctx.put_blob(buffer.getvalue())},
+        return [Output("predictions", {"files": {"predictions.parquet": ctx.put_blob(buffer.getvalue())},
                                               "meta": {"classes": CLASSES}})]
 
-    stage = SimpleNamespace(NAME="bench-table", CODE=(), Params=Params, input_refs=lambda p: {}, run=run)
+    stage = SimpleNamespace(NAME="bench-table", OUTPUT="predictions", CODE=(), Params=Params, input_refs=lambda p: {},
+                            fingerprint=lambda p: None, check_classes=lambda p, c, w: None, run=run)
     store = folder / "store"
     runner.execute(Store.open(store, create=True), stage, Params(), log=lambda m: None)
     command = [sys.executable, str(ROOT / "pipeline.py"), "table", "predictions:latest", "--store", str(store),

@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from lineage.errors import UserError
 from lineage.inprogress import RunInProgress, in_progress_records, sweep_hold
-from lineage.runner import referenced_objects
+from lineage.records import referenced_objects
 from lineage.store import Store
 
 FOREIGN = "is a symlink, not part of the store: remove it by hand"

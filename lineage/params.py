@@ -10,7 +10,7 @@ be, so the config can be checked in full before any work starts:
 
 `check_value` walks such a hint and returns the value (ints widened to float where a float is
 asked for) or raises a UserError that names the key, the value and what it must be. It knows
-no stage: stages/config.py calls it for every key of every section.
+no stage: workflow/config.py calls it for every key of every section.
 """
 
 from __future__ import annotations

@@ -102,6 +102,17 @@ def _check_entries(entries: Any) -> None:
         raise CorruptRecord("an entry has a bad label")
 
 
+def referenced_objects(manifest: dict) -> list[str]:
+    """Every object digest a manifest refers to: its entries' and its files'."""
+    digests = [f["digest"] for f in manifest.get("files", {}).values()]
+    entries = manifest.get("entries", [])
+    if isinstance(entries, dict):  # a split: {split name: {class: [digest, …]}}
+        digests += [d for per_class in entries.values() for chunk in per_class.values() for d in chunk]
+    else:
+        digests += [e["digest"] for e in entries]
+    return digests
+
+
 def check_run(value: Any, run_id: str) -> dict:
     """A run record: its own id, a stage, a status, and inputs/outputs/aliases that name versions."""
     if not isinstance(value, dict):

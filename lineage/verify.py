@@ -17,7 +17,7 @@ from lineage.errors import UserError
 from lineage.gc import object_files
 from lineage.graph import Graph
 from lineage.records import CorruptRecord, is_digest, is_name, parse_json
-from lineage.runner import referenced_objects
+from lineage.records import referenced_objects
 from lineage.store import Store, read_no_follow, rerun_fix, sha256_file
 
 

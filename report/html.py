@@ -6,7 +6,7 @@ be mailed or attached to an artifact, and never phones home.
 
 The table is embedded once as JSON and drawn by report.js a page at a time, so a
 10,000-row report stays responsive; thumbnails sit in one id -> data: URI map and
-rows refer to them by id. Filtering uses report/static/query.js, the same filter
+rows refer to them by id. Filtering uses tables/query.js, the same filter
 language as `pipeline.py table --filter`.
 """
 
@@ -22,10 +22,11 @@ import pandas as pd
 
 from lineage.errors import UserError
 from report.metrics import SCORE_PREFIX, round_significant
-from report.query import quote
+from tables.query import quote
 
 STATIC_DIR = Path(__file__).parent / "static"
-SCRIPTS = ("query.js", "report.js")  # query.js first: report.js calls Query.compile
+# The filter language is the table tools' (tables/query.js); it goes first: report.js calls Query.compile.
+SCRIPTS = (Path(__file__).parent.parent / "tables" / "query.js", STATIC_DIR / "report.js")
 CONTENT_SECURITY_POLICY = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; "
                            "script-src 'unsafe-inline'")
 IMAGE_TYPES = {b"\x89PNG": "image/png", b"\xff\xd8\xff": "image/jpeg", b"GIF8": "image/gif",
@@ -35,7 +36,7 @@ GROUP_PAIRS = (("truth", "guess"), ("guess", "truth"), ("split", "truth"))
 COMPARISON_GROUP_PAIRS = (("truth", "guess_a"), ("guess_a", "guess_b"), ("guess_b", "guess_a"),
                           ("correct_a", "correct_b"))
 DIGEST_SHOWN = 12
-# The drawn columns of a comparison table (report/compare.py's join_predictions).
+# The drawn columns of a comparison table (tables/compare.py's join_predictions).
 SIDE_BY_SIDE_SHARED = ("id", "path", "split", "truth")
 SIDE_BY_SIDE_PAIRED = ("guess", "confidence", "score_true", "correct")
 SIDE_BY_SIDE_AFTER = ("shift",)
@@ -77,8 +78,8 @@ def render_report(*, title: str, metrics: dict, classes: list[str], plots: dict[
 
 
 def _page(title: str, body: str, data: dict) -> str:
-    css = _static("report.css")
-    scripts = "\n".join(f"<script>\n{_static(name)}\n</script>" for name in SCRIPTS)
+    css = _static(STATIC_DIR / "report.css")
+    scripts = "\n".join(f"<script>\n{_static(path)}\n</script>" for path in SCRIPTS)
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -105,8 +106,7 @@ def _page(title: str, body: str, data: dict) -> str:
 """
 
 
-def _static(name: str) -> str:
-    path = STATIC_DIR / name
+def _static(path: Path) -> str:
     if not path.exists():
         raise UserError(f"report asset {path} is missing; the report needs it inlined")
     # A literal </script> inside the code would end the inline <script> early.

@@ -18,12 +18,12 @@ from typing import Annotated, Literal
 from lineage.errors import UserError
 from lineage.params import Range
 from lineage.records import is_digest
-from lineage.runner import REF, Artifact, Output, StageContext
-from stages.predictions import read_predictions
+from lineage.contract import REF, Artifact, Output, StageContext
+from tables.predictions import read_predictions
 
 NAME = "evaluate"
 OUTPUT = "eval"
-CODE = ("stages/evaluate.py", "stages/predictions.py", "report/")
+CODE = ("stages/evaluate.py", "tables/", "report/")  # tables/: the schema, and the filter language the page embeds
 AcrossX = Literal["version", "train_images", "epochs"]
 
 
@@ -66,9 +66,14 @@ def input_refs(params: Params) -> dict[str, str]:
     return refs
 
 
+def fingerprint(params: Params) -> None:
+    """Reads nothing from outside the store."""
+    return None
+
+
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
     from report import plots
-    from report.compare import join_predictions
+    from tables.compare import join_predictions
     from report.html import render_report
     from report.metrics import compute_metrics
 

@@ -16,12 +16,12 @@ from typing import Annotated
 from lineage.display import printable_name
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.runner import REF, Artifact, Output, StageContext
+from lineage.contract import REF, Artifact, Output, StageContext
 from stages.split import SplitName
 
 NAME = "infer"
 OUTPUT = "predictions"
-CODE = ("stages/infer.py", "stages/images.py", "stages/predictions.py", "models/")
+CODE = ("stages/infer.py", "tables/predictions.py", "models/")
 
 
 @dataclass
@@ -55,8 +55,8 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
 
     import models.backbones  # noqa: F401  registers the custom layers a saved model may use
     from models.predict import predict_table
-    from stages.images import decode, load_split_images
-    from stages.predictions import prediction_output
+    from models.split_images import decode, load_split_images
+    from tables.predictions import prediction_output
 
     model_artifact = inputs["model"]
     meta = model_artifact.manifest["meta"]
@@ -114,7 +114,7 @@ def _walk_folder(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
 
 def _store_folder(folder: Path, ctx: StageContext) -> tuple[list[str], list[str]]:
     """Keep the folder's images (not its other files) as objects; the rows refer to them by digest."""
-    from stages.imagecheck import Rejected, inspect_image
+    from images.check import Rejected, inspect_image
 
     ids, paths = [], []
     files, skipped = _walk_folder(folder)

@@ -1,6 +1,6 @@
 """ingest: a folder with one subfolder per class becomes `raw-data:vN`.
 
-Every file is read once: hashed, checked from its header (stages/imagecheck.py) and, if the
+Every file is read once: hashed, checked from its header (images/check.py) and, if the
 store lacks its content, staged as an object, all from the same bytes. Threads do the work in
 parallel because hashing and file I/O release the GIL. A stat cache of (size, mtime_ns, inode)
 lets an unchanged file skip all of that, and the runner's cache key uses the same stat data
@@ -24,13 +24,13 @@ from lineage.display import format_counts, printable_name
 from lineage.errors import UserError
 from lineage.params import Range
 from lineage.records import is_digest
-from lineage.runner import Output, StageContext
+from lineage.contract import Output, StageContext
 from lineage.store import canonical_json
-from stages.imagecheck import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
+from images.check import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
 
 NAME = "ingest"
 OUTPUT = "raw-data"
-CODE = ("stages/ingest.py", "stages/imagecheck.py")
+CODE = ("stages/ingest.py", "images/check.py")
 PROGRESS_MIN_FILES = 500
 CHUNK_FILES = 64
 STAT_CACHE_FORMAT = 1

@@ -17,11 +17,11 @@ from typing import Annotated, Literal, TypedDict
 
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.runner import REF, Artifact, Output, StageContext
+from lineage.contract import REF, Artifact, Output, StageContext
 
 NAME = "train"
 OUTPUT = "model"
-CODE = ("stages/train.py", "stages/images.py", "stages/predictions.py", "models/")
+CODE = ("stages/train.py", "tables/predictions.py", "models/")
 
 
 # The backbones models/backbones.py builds (listed here so the config is checked without
@@ -99,8 +99,8 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     from models.backbones import build_feature_extractor, build_head, get_backbone
     from models.predict import predict_table
     from models.training import TrainConfig, train_two_phase
-    from stages.images import load_split_images
-    from stages.predictions import prediction_output
+    from models.split_images import load_split_images
+    from tables.predictions import prediction_output
 
     split = inputs["split"]
     if not split.manifest["entries"].get("val"):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from lineage.errors import UserError
-from report.compare import IMAGE_COLUMNS, compare_predictions, format_comparison
+from tables.compare import IMAGE_COLUMNS, compare_predictions, format_comparison
 
 COLUMNS = ["id", "path", "split", "truth", "guess", "confidence", "score_cat", "score_dog"]
 

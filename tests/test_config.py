@@ -12,7 +12,8 @@ import pytest
 from conftest import PROJECT, make_class_folders, run_cli, run_cli_traced, tensorflow_imports
 from demo.data import FASHION_CLASSES
 from lineage.errors import UserError
-from stages.config import STAGE_ORDER, load_config, parse_yaml, stage_module
+from stages import STAGES, load_stage
+from workflow.config import load_config, parse_yaml
 
 CONFIGS = sorted((PROJECT / "configs").glob("*.yaml"))
 INATURALIST_TAXA = ["Amphibia", "Animalia", "Arachnida", "Aves", "Fungi", "Insecta", "Mammalia", "Mollusca",
@@ -145,8 +146,8 @@ def test_backbone_choices_match_the_models_registry():
 def test_every_params_field_has_a_type_the_checker_knows():
     from lineage.params import check_value, param_hints
 
-    for name in STAGE_ORDER:
-        params_class = stage_module(name).Params
+    for name in STAGES:
+        params_class = load_stage(name).Params
         hints = param_hints(params_class)
         for field in dataclasses.fields(params_class):
             default = params_class().__dict__[field.name] if name != "ingest" else getattr(

@@ -209,7 +209,7 @@ def test_across_x_without_a_model_in_the_lineage_is_one_clear_error(smoke):
     # graph has none to trace, which is the case the error exists for.
     from lineage.errors import UserError
     from lineage.graph import Graph
-    from lineage.runner import Artifact
+    from lineage.contract import Artifact
     from lineage.store import Store
     from stages import evaluate
 

@@ -84,7 +84,7 @@ def test_infer_folder_walk_skips_loops_dangling_links_and_undecodable_names(tmp_
 
 
 def test_odd_class_folder_names_flow_through_ingest_split_and_the_query_language(tmp_path):
-    from report.table import query_table
+    from tables.table import query_table
 
     names = ["two words", "it's \"quoted\"", "ñandú 日本", "cost$_$"]
     root = make_class_folders(tmp_path / "photos", dict.fromkeys(names, 4))
@@ -136,7 +136,7 @@ def test_a_sparse_1gb_file_named_jpg_is_rejected_without_reading_it_whole(tmp_pa
 
 
 def test_large_file_checks_catch_truncation_from_the_tail(tmp_path):
-    from stages.imagecheck import Rejected, inspect_large_file
+    from images.check import Rejected, inspect_large_file
 
     path = write_image(tmp_path / "a.jpg", seed=3, size=(64, 48), fmt="JPEG")
     data = path.read_bytes()

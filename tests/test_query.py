@@ -1,5 +1,5 @@
-"""The filter language: one set of cases (query_cases.json) for report/query.py and
-report/static/query.js, random expressions through both, and properties of the parser."""
+"""The filter language: one set of cases (query_cases.json) for tables/query.py and
+tables/query.js, random expressions through both, and properties of the parser."""
 
 import ast
 import builtins
@@ -17,12 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lineage.errors import UserError
-from report.query import (And, Column, Compare, Literal, Not, Or, QueryError, QuerySyntaxError,
+from tables.query import (And, Column, Compare, Literal, Not, Or, QueryError, QuerySyntaxError,
                           evaluate, filter_frame, parse, to_text)
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = json.loads((ROOT / "tests" / "query_cases.json").read_text(encoding="utf-8"))
-QUERY_JS = ROOT / "report" / "static" / "query.js"
+QUERY_JS = ROOT / "tables" / "query.js"
 NODE = shutil.which("node")
 needs_node = pytest.mark.skipif(NODE is None, reason="node is not installed; the JavaScript filter is not checked")
 
@@ -253,7 +253,7 @@ def test_hostile_input_runs_nothing_in_javascript(tmp_path):
 
 
 def test_the_sources_never_call_an_evaluator():
-    tree = ast.parse((ROOT / "report" / "query.py").read_text(encoding="utf-8"))
+    tree = ast.parse((ROOT / "tables" / "query.py").read_text(encoding="utf-8"))
     called = {n.func.id if isinstance(n.func, ast.Name) else n.func.attr
               for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, (ast.Name, ast.Attribute))}
     assert not called & {"eval", "exec", "compile", "__import__", "getattr", "query", "import_module"}
@@ -306,5 +306,5 @@ def test_a_column_of_other_values_is_refused():
 
 
 def test_importing_the_query_module_does_not_import_pandas():
-    code = "import sys, report.query; assert 'pandas' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, tables.query; assert 'pandas' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

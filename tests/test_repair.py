@@ -343,7 +343,7 @@ def test_damaged_decode_cache_sidecar_is_recomputed(tmp_path, damage):
 @pytest.mark.parametrize("damage", ["truncated", "binary", "empty"])
 def test_damaged_thumbnail_is_made_again(committed, damage):
     from lineage.graph import Graph
-    from lineage.runner import Artifact, StageContext
+    from lineage.contract import Artifact, StageContext
     from stages import evaluate
 
     config, store_dir, versions = committed

@@ -1,7 +1,7 @@
 """report.html in a real browser: offline, filterable, groupable, no script errors.
 
 Drives Debian's /usr/bin/chromium through Playwright (no browser download). The
-filter is the real report/static/query.js, and its counts are checked against
+filter is the real tables/query.js, and its counts are checked against
 pandas on the same table.
 """
 
@@ -38,8 +38,6 @@ def _missing_browser() -> str | None:
         import playwright.sync_api  # noqa: F401
     except ImportError:
         return "the playwright Python package is not installed (requirements-dev.txt)"
-    if not (ROOT / "report/static/query.js").exists():
-        return "report/static/query.js (the filter language) is not written yet"
     return None
 
 
@@ -77,7 +75,7 @@ def _thumbnail(index: int) -> bytes:
 
 def _comparison(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` joined with a model B that guesses every fourth image differently."""
-    from report.compare import join_predictions
+    from tables.compare import join_predictions
 
     other = frame.copy()
     changed = np.arange(len(frame)) % 4 == 0
@@ -173,7 +171,7 @@ def test_group_by_truth_counts_each_group(report):
 
 
 def test_invalid_filter_shows_the_column(report):
-    from report.query import QuerySyntaxError, parse
+    from tables.query import QuerySyntaxError, parse
 
     page = report["page"]
     _set_filter(page, 'x["truth"] = "cat"')

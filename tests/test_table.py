@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from lineage.errors import UserError
-from report.table import format_table, query_table
+from tables.table import format_table, query_table
 
 NAN = float("nan")
 

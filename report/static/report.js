@@ -1,7 +1,7 @@
 /* The interactive tables of report.html.
  *
  * The page embeds each table once as JSON (#report-data). Rows are turned into
- * plain objects, so a filter compiled by Query.compile (report/static/query.js,
+ * plain objects, so a filter compiled by Query.compile (tables/query.js,
  * the same language as the CLI's --filter) runs on them directly. Only a page of
  * matching rows is put into the DOM at a time; "Show more" adds the next page,
  * so a redraw costs the same at 10,000 rows as at 100, bar the filter pass itself

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lineage.runner import Artifact, StageContext
+from lineage.contract import Artifact, StageContext
 
 
 @dataclass

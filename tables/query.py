@@ -18,7 +18,7 @@ Grammar (keywords and `x` are case-insensitive; whitespace is space, tab, CR, LF
     number     = [ "-" ] digit { digit } [ "." digit { digit } ] [ ( "e" | "E" ) [ "+" | "-" ] digit { digit } ]
 
 Values have one of three types, number, string and boolean, or are null. Null
-semantics, the same here and in report/static/query.js:
+semantics, the same here and in tables/query.js:
 
 - A missing value is null: None, NaN and the empty string "" (so an unlabelled
   image's truth equals both "" and null, and `x["truth"] != ""` keeps labelled rows).

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
-from report.query import filter_frame, one_line, unknown_column_message
+from tables.query import filter_frame, one_line, unknown_column_message
 
 FORMATS = ("text", "csv", "json", "markdown")
 SCORE_PREFIX = "score_"

@@ -1,4 +1,4 @@
-/* The filter language of report/query.py, for the HTML report: same grammar, same
+/* The filter language of tables/query.py, for the HTML report: same grammar, same
  * semantics, same syntax-error messages and columns (tests/query_cases.json holds both
  * to it). No dependencies; never uses eval or Function.
  *

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
-from report.query import filter_frame
-from report.table import (SCORE_PREFIX, class_names, class_order, format_table, labels,
+from tables.query import filter_frame
+from tables.table import (SCORE_PREFIX, class_names, class_order, format_table, labels,
                           missing_truth, records_json)
 
 SHARED = ("id", "path", "split", "truth")

@@ -19,26 +19,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lineage.contract import NamesClasses
 from lineage.errors import UserError
 from lineage.params import check_value, param_hints
+from stages import STAGES, load_stage
 
-STAGE_ORDER = ("ingest", "split", "train", "infer", "evaluate")
 TOP_LEVEL_KEYS = ("store", "stages")
 DEFAULT_STORE = "artifacts"
 LATEST_SPLIT = ("split", "split:latest")
-
-
-def stage_module(name: str) -> types.ModuleType:
-    """Import a stage by name. Stage modules import TensorFlow only inside `run`, so this is cheap."""
-    if name not in STAGE_ORDER:
-        raise UserError(f"unknown stage {name!r}: stages are {', '.join(STAGE_ORDER)}")
-    return importlib.import_module(f"stages.{name}")
 
 
 @dataclass
@@ -52,7 +44,7 @@ class Config:
     def params(self, stage: str) -> Any:
         """The stage's Params built from its section, every key, type, range and choice checked."""
         if stage not in self._built:
-            module = stage_module(stage)
+            module = load_stage(stage)
             section = check_section(stage, self.sections.get(stage) or {}, self.path)
             self._built[stage] = module.Params(**section)
         return self._built[stage]
@@ -77,15 +69,15 @@ class Config:
 
     def class_checkers(self, stages: list[str]) -> list[str]:
         """The stages among these whose settings name classes of the data they will read (evaluate.scatter,
-        say): those that define `check_classes` and read the newest versions of their inputs."""
+        say): those with the `check_classes` hook that read the newest versions of their inputs."""
         return [name for name in stages
-                if hasattr(stage_module(name), "check_classes") and _reads_latest(self.params(name))]
+                if isinstance(load_stage(name), NamesClasses) and _reads_latest(self.params(name))]
 
     def check_classes(self, stages: list[str], classes: list[str], where: str) -> None:
         """What can be checked only once the data's classes are known: `pipeline.py run` calls this as soon
         as a version with classes exists, before training."""
         for name in self.class_checkers(stages):
-            stage_module(name).check_classes(self.params(name), classes, where)
+            load_stage(name).check_classes(self.params(name), classes, where)
 
 
 def _reads_latest(params: Any) -> bool:
@@ -104,16 +96,16 @@ def load_config(path: str | None, overrides: list[str] = (), store: str | None =
     for assignment in overrides:
         _apply_override(data, assignment)
     for key in data:
-        if key not in TOP_LEVEL_KEYS and key not in STAGE_ORDER:
+        if key not in TOP_LEVEL_KEYS and key not in STAGES:
             raise UserError(_unknown_key(key, path))
-        if key in STAGE_ORDER and data[key] is not None and not isinstance(data[key], dict):
+        if key in STAGES and data[key] is not None and not isinstance(data[key], dict):
             raise UserError(f"{key} must be a mapping of that stage's keys, not {_kind(data[key])}"
                             + (f" (in {path})" if path else ""))
-    stages = _checked_stages(data.get("stages", list(STAGE_ORDER)))
+    stages = _checked_stages(data.get("stages", list(STAGES)))
     chosen_store = store or data.get("store") or DEFAULT_STORE
     if not isinstance(chosen_store, str) or not chosen_store.strip():
         raise UserError(f"store must be a folder path (text), got {chosen_store!r}")
-    sections = {name: data.get(name) or {} for name in STAGE_ORDER}
+    sections = {name: data.get(name) or {} for name in STAGES}
     for name, section in sections.items():  # every section, used by this command or not
         check_section(name, section, path)
     return Config(chosen_store, stages, sections, path)
@@ -121,7 +113,7 @@ def load_config(path: str | None, overrides: list[str] = (), store: str | None =
 
 def check_section(stage: str, section: dict, path: str | None) -> dict:
     """The section's values checked against the stage's Params hints (ints widened where floats are asked)."""
-    hints = param_hints(stage_module(stage).Params)
+    hints = param_hints(load_stage(stage).Params)
     checked = {}
     for key, value in section.items():
         if key not in hints:
@@ -131,11 +123,11 @@ def check_section(stage: str, section: dict, path: str | None) -> dict:
 
 
 def _checked_stages(stages: Any) -> list[str]:
-    if not isinstance(stages, list) or any(s not in STAGE_ORDER for s in stages) or not stages:
-        raise UserError(f"stages must be a list drawn from {', '.join(STAGE_ORDER)}, got {stages!r}")
-    if len(set(stages)) != len(stages) or stages != sorted(stages, key=STAGE_ORDER.index):
+    if not isinstance(stages, list) or any(s not in STAGES for s in stages) or not stages:
+        raise UserError(f"stages must be a list drawn from {', '.join(STAGES)}, got {stages!r}")
+    if len(set(stages)) != len(stages) or stages != sorted(stages, key=STAGES.index):
         raise UserError(f"stages {stages} must name each stage once, in pipeline order "
-                        f"({', '.join(STAGE_ORDER)})")
+                        f"({', '.join(STAGES)})")
     return stages
 
 
@@ -199,9 +191,9 @@ def _apply_override(data: dict, assignment: str) -> None:
 # -- messages -----------------------------------------------------------------------------------
 
 def valid_keys() -> list[str]:
-    keys = list(TOP_LEVEL_KEYS) + list(STAGE_ORDER)
-    for stage in STAGE_ORDER:
-        keys += [f"{stage}.{f.name}" for f in dataclasses.fields(stage_module(stage).Params)]
+    keys = list(TOP_LEVEL_KEYS) + list(STAGES)
+    for stage in STAGES:
+        keys += [f"{stage}.{f.name}" for f in dataclasses.fields(load_stage(stage).Params)]
     return keys
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 
 from lineage.errors import UserError
-from lineage.runner import Artifact, Output, StageContext
+from lineage.contract import Artifact, Output, StageContext
 
 FILE = "predictions.parquet"
 

@@ -1,0 +1,196 @@
+"""The stage contract: what a stage module provides, and what it is handed.
+
+A stage is a module (stages/<name>.py) with the members `Stage` lists. The runner calls
+`input_refs(params)` to learn which versions it reads, `fingerprint(params)` for anything it
+reads from outside the store, and `run(inputs, params, ctx)`, which returns the versions it
+made as `Output`s. A stage reads its inputs as `Artifact`s and writes only through its
+`StageContext`: objects (content-addressed, so a write is idempotent), and files under the
+store's cache/ and tmp/. The runner does the rest (cache key, reuse, manifests, run record).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import inspect
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+from lineage.errors import UserError
+from lineage.graph import Graph, Version
+from lineage.store import Store
+
+REF = {"cache": False}  # metadata for a Params field that names an input version: the key holds its digest
+
+
+class Stage(Protocol):
+    """What a stage module provides (checked by `check_stage` when it is loaded)."""
+
+    NAME: str  # the stage's name: its CLI subcommand and its config section
+    OUTPUT: str  # the artifact name of the version(s) it makes
+    CODE: tuple[str, ...]  # its source files and folders, relative to the project root: their hash is in the cache key
+    Params: type  # a dataclass; fields with metadata REF name input versions, cache=False fields change nothing
+
+    def input_refs(self, params: Any) -> dict[str, str]:
+        """The versions it reads: {artifact name (or `name#role`): reference such as `split:latest`}."""
+
+    def fingerprint(self, params: Any) -> str | None:
+        """A digest of what it reads from outside the store (a source folder, a weights file), or None."""
+
+    def run(self, inputs: dict[str, "Artifact"], params: Any, ctx: "StageContext") -> list["Output"]:
+        """Do the work: read `inputs`, stage objects through `ctx`, return the versions made."""
+
+
+@runtime_checkable
+class NamesClasses(Protocol):
+    """A stage whose params name classes of its data (evaluate.scatter) also provides this hook; the
+    config calls it as soon as the data's classes are known, before any stage trains."""
+
+    def check_classes(self, params: Any, classes: list[str], where: str) -> None:
+        """Raise UserError if params name a class not in `classes` (the data's, read from `where`)."""
+
+
+# Each function member and its parameters, as the Protocols above declare them.
+_FUNCTIONS = {name: list(inspect.signature(member).parameters)[1:]
+              for name, member in vars(Stage).items() if inspect.isfunction(member) and not name.startswith("_")}
+_HOOKS = {name: list(inspect.signature(member).parameters)[1:]
+          for name, member in vars(NamesClasses).items() if inspect.isfunction(member) and not name.startswith("_")}
+
+
+def check_stage(module: ModuleType) -> Stage:
+    """The module, if it provides every member of `Stage`; otherwise a UserError naming what is missing."""
+    where = f"stage module {module.__name__} ({getattr(module, '__file__', '?')})"
+    problems = []
+    for name, kind in (("NAME", str), ("OUTPUT", str), ("CODE", tuple)):
+        if not isinstance(getattr(module, name, None), kind):
+            problems.append(f"{name} ({kind.__name__})")
+    if isinstance(getattr(module, "CODE", None), tuple) and not all(isinstance(p, str) for p in module.CODE):
+        problems.append("CODE (a tuple of paths)")
+    if not dataclasses.is_dataclass(getattr(module, "Params", None)):
+        problems.append("Params (a dataclass)")
+    for name, parameters in {**_FUNCTIONS, **{h: p for h, p in _HOOKS.items() if hasattr(module, h)}}.items():
+        function = getattr(module, name, None)
+        if not callable(function):
+            problems.append(f"{name}({', '.join(parameters)})")
+            continue
+        try:
+            inspect.signature(function).bind(*parameters)
+        except TypeError:
+            problems.append(f"{name}({', '.join(parameters)}) with those parameters")
+    if problems:
+        raise UserError(f"{where} does not satisfy the stage contract: it lacks {', '.join(problems)} "
+                        "(see lineage/contract.py Stage)")
+    return module  # type: ignore[return-value]  # a module that has every member is a Stage
+
+
+@dataclass
+class Artifact:
+    """A resolved input version as a stage sees it: its manifest and where its objects are."""
+
+    version: Version
+    manifest: dict
+    store: Store = field(repr=False)
+    graph: Graph | None = field(default=None, repr=False)
+
+    @property
+    def ref(self) -> str:
+        return self.version.ref
+
+    @property
+    def digest(self) -> str:
+        return self.version.digest
+
+    def object_path(self, digest: str) -> Path:
+        return self.store.object_path(digest)
+
+    @classmethod
+    def open(cls, store: Store, graph: Graph | None, version: Version) -> "Artifact":
+        return cls(version, store.read_manifest(version.name, version.digest), store, graph)
+
+    def source(self) -> "Artifact":
+        """The version this one was cut from (a split's raw-data), named in its own manifest.
+
+        Reading it is as deterministic as reading this manifest: the reference is by digest."""
+        name, digest = self.manifest["source"]["name"], self.manifest["source"]["digest"]
+        version = (self.graph and self.graph.find(name, digest)) or Version(name, 0, digest, None, None)
+        return Artifact.open(self.store, self.graph, version)
+
+    @contextlib.contextmanager
+    def named_file(self, name: str) -> Iterator[Path]:
+        """The file under its own name (a symlink in tmp/), for readers that insist on an extension."""
+        folder = self.store.temp_path("-named")
+        folder.mkdir()
+        try:
+            link = folder / name
+            link.symlink_to(self.file_path(name).resolve())
+            yield link
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def file_path(self, name: str) -> Path:
+        """Path of one of the version's named files (model.keras, predictions.parquet, …)."""
+        try:
+            return self.store.object_path(self.manifest["files"][name]["digest"])
+        except KeyError:
+            raise UserError(f"{self.ref} has no file {name!r}: it holds "
+                            f"{', '.join(self.manifest.get('files', {})) or 'no files'}") from None
+
+
+@dataclass
+class Output:
+    """One artifact version a stage produced: `body` becomes its manifest (plus its name)."""
+
+    name: str
+    body: dict
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StageContext:
+    """How a stage writes: staging objects, and its cache and scratch folders."""
+
+    store: Store = field(repr=False)
+    stage: str
+    log: Callable[[str], None] = print
+    progress: bool = True
+    temp_dirs: list[Path] = field(default_factory=list, repr=False)
+    # The run was asked for with --force: objects already in the store are re-hashed before they are
+    # trusted, so re-running a stage rewrites any that `verify` found corrupt (a normal run checks sizes only).
+    force: bool = False
+
+    def put_bytes(self, data: bytes, digest: str | None = None) -> str:
+        return self.store.put_bytes(data, digest, recheck=self.force)
+
+    def put_blob(self, data: bytes) -> dict:
+        """Stage bytes as an object; returns the {digest, size} a manifest's `files` entry holds."""
+        return {"digest": self.store.put_bytes(data, recheck=self.force), "size": len(data)}
+
+    def write_cache(self, path: Path, data: bytes) -> None:
+        self.store.write_atomic(path, data, durable=False)
+
+    def put_file(self, path: str | os.PathLike) -> dict:
+        digest, size = self.store.put_file(path, recheck=self.force)
+        return {"digest": digest, "size": size}
+
+    def missing_objects(self, digests: list[str]) -> list[str]:
+        return self.store.missing_objects(digests)
+
+    def add_object(self, data: bytes, digest: str, link_from: str | None = None) -> None:
+        self.store.add_object(data, digest, link_from, recheck=self.force)
+
+    def cache_dir(self, *parts: str) -> Path:
+        """A folder under the store's cache/ (derived, disposable; shared between stages)."""
+        folder = self.store.cache_dir.joinpath(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    def temp_dir(self) -> Path:
+        """A scratch folder under tmp/, removed by the runner when the stage is done."""
+        folder = self.store.temp_path("-stage")
+        folder.mkdir()
+        self.temp_dirs.append(folder)
+        return folder
