@@ -109,7 +109,7 @@ def _check_known_classes(store, config, stages: list[str], versions) -> None:
     if not config.class_checkers(stages):
         return  # nothing later names classes: no manifest to read
     for version in versions:
-        classes = store.read_manifest(version.name, version.digest).get("meta", {}).get("classes")
+        classes = store.read_manifest(version.key).meta.get("classes")
         if classes:
             config.check_classes(stages, classes, version.ref)
             return
@@ -129,7 +129,7 @@ def cmd_why(args) -> int:
     the_plan = plan(graph, stage, params)
     reuse = graph.finished_run_with_key(the_plan.cache_key)
     if reuse:
-        outputs = ", ".join(graph.find(o["name"], o["digest"]).ref for o in reuse[1]["outputs"])
+        outputs = ", ".join(graph.find(o.name, o.digest).ref for o in reuse[1].outputs)
         print(f"{args.stage}: up to date ({outputs}, run {reuse[0]})")
         return 0
     print(f"{args.stage} would run:")
@@ -294,12 +294,12 @@ def cmd_report(args) -> int:
     result = runner.execute(store, evaluate, config.params("evaluate"), force=args.force, log=_logger(args),
                             progress=_progress(args))
     version = result.outputs[0]
-    manifest = store.read_manifest(version.name, version.digest)
+    report = store.read_manifest(version.key).file("report.html")
     out = Path(args.out or f"reports/{version.name}-v{version.v}.html")
     _check_report_path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(store.read_object(manifest["files"]["report.html"]["digest"]))
+        out.write_bytes(store.read_object(report.digest))
     except OSError as error:
         raise UserError(f"cannot write the report to {out} ({error.strerror}): {version.ref} is in the store; "
                         "pass --out with a writable file path") from None

@@ -118,6 +118,7 @@ def cli_wall_s(frame: pd.DataFrame, folder: Path, repeats: int) -> float:
 
     from lineage import runner
     from lineage.contract import Output
+    from lineage.records import Manifest
     from lineage.store import Store
 
     @dataclass
@@ -127,8 +128,8 @@ def cli_wall_s(frame: pd.DataFrame, folder: Path, repeats: int) -> float:
     def run(inputs, params, ctx):
         buffer = __import__("io").BytesIO()
         frame.to_parquet(buffer, index=False, compression="zstd")
-        return [Output("predictions", {"files": {"predictions.parquet": ctx.put_blob(buffer.getvalue())},
-                                              "meta": {"classes": CLASSES}})]
+        files = {"predictions.parquet": ctx.write_object(buffer.getvalue())}
+        return [Output(Manifest("predictions", files=files, meta={"classes": CLASSES}))]
 
     stage = SimpleNamespace(NAME="bench-table", OUTPUT="predictions", CODE=(), Params=Params, input_refs=lambda p: {},
                             fingerprint=lambda p: None, check_classes=lambda p, c, w: None, run=run)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from lineage.errors import UserError
 from lineage.graph import Graph, Version
+from lineage.records import FileRef, Manifest
 from lineage.store import Store
 
 REF = {"cache": False}  # metadata for a Params field that names an input version: the key holds its digest
@@ -92,7 +93,7 @@ class Artifact:
     """A resolved input version as a stage sees it: its manifest and where its objects are."""
 
     version: Version
-    manifest: dict
+    manifest: Manifest
     store: Store = field(repr=False)
     graph: Graph | None = field(default=None, repr=False)
 
@@ -109,14 +110,17 @@ class Artifact:
 
     @classmethod
     def open(cls, store: Store, graph: Graph | None, version: Version) -> "Artifact":
-        return cls(version, store.read_manifest(version.name, version.digest), store, graph)
+        return cls(version, store.read_manifest(version.key), store, graph)
 
     def source(self) -> "Artifact":
         """The version this one was cut from (a split's raw-data), named in its own manifest.
 
         Reading it is as deterministic as reading this manifest: the reference is by digest."""
-        name, digest = self.manifest["source"]["name"], self.manifest["source"]["digest"]
-        version = (self.graph and self.graph.find(name, digest)) or Version(name, 0, digest, None, None)
+        source = self.manifest.source
+        if source is None:
+            raise UserError(f"{self.ref} names no source version: only a split, model or eval version has one")
+        version = (self.graph and self.graph.find(source.name, source.digest)) \
+            or Version(source.name, None, source.digest, None, None)
         return Artifact.open(self.store, self.graph, version)
 
     @contextlib.contextmanager
@@ -133,20 +137,22 @@ class Artifact:
 
     def file_path(self, name: str) -> Path:
         """Path of one of the version's named files (model.keras, predictions.parquet, …)."""
-        try:
-            return self.store.object_path(self.manifest["files"][name]["digest"])
-        except KeyError:
-            raise UserError(f"{self.ref} has no file {name!r}: it holds "
-                            f"{', '.join(self.manifest.get('files', {})) or 'no files'}") from None
+        item = self.manifest.file(name)
+        if item is None:
+            raise UserError(f"{self.ref} has no file {name!r}: it holds {', '.join(self.manifest.files) or 'no files'}")
+        return self.store.object_path(item.digest)
 
 
 @dataclass
 class Output:
-    """One artifact version a stage produced: `body` becomes its manifest (plus its name)."""
+    """One artifact version a stage produced: the runner writes its manifest and sets its aliases."""
 
-    name: str
-    body: dict
+    manifest: Manifest
     aliases: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
 
 
 @dataclass
@@ -162,25 +168,21 @@ class StageContext:
     # trusted, so re-running a stage rewrites any that `verify` found corrupt (a normal run checks sizes only).
     force: bool = False
 
-    def put_bytes(self, data: bytes, digest: str | None = None) -> str:
-        return self.store.put_bytes(data, digest, recheck=self.force)
+    def write_object(self, data: bytes, digest: str | None = None, link_from: str | None = None) -> FileRef:
+        """Stage bytes as an object (an image, a version's named file); returns the digest and size a
+        manifest holds. `digest` if the caller already hashed them; see Store.write_object for `link_from`."""
+        return FileRef(self.store.write_object(data, digest, link_from, recheck=self.force), len(data))
 
-    def put_blob(self, data: bytes) -> dict:
-        """Stage bytes as an object; returns the {digest, size} a manifest's `files` entry holds."""
-        return {"digest": self.store.put_bytes(data, recheck=self.force), "size": len(data)}
-
-    def write_cache(self, path: Path, data: bytes) -> None:
-        self.store.write_atomic(path, data, durable=False)
-
-    def put_file(self, path: str | os.PathLike) -> dict:
-        digest, size = self.store.put_file(path, recheck=self.force)
-        return {"digest": digest, "size": size}
+    def copy_object(self, path: str | os.PathLike) -> FileRef:
+        """Stage a file on disk as an object, streamed (a model file, a large image)."""
+        return FileRef(*self.store.copy_object(path, recheck=self.force))
 
     def missing_objects(self, digests: list[str]) -> list[str]:
         return self.store.missing_objects(digests)
 
-    def add_object(self, data: bytes, digest: str, link_from: str | None = None) -> None:
-        self.store.add_object(data, digest, link_from, recheck=self.force)
+    def write_cache(self, path: Path, data: bytes) -> None:
+        """Replace a file under cache/ atomically (not fsynced: a cache lost to a crash is recomputed)."""
+        self.store.write_atomic(path, data, durable=False)
 
     def cache_dir(self, *parts: str) -> Path:
         """A folder under the store's cache/ (derived, disposable; shared between stages)."""

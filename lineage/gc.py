@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 
 from lineage.errors import UserError
 from lineage.inprogress import RunInProgress, in_progress_records, sweep_hold
-from lineage.records import referenced_objects
+from lineage.records import VersionRef
 from lineage.store import Store
 
 FOREIGN = "is a symlink, not part of the store: remove it by hand"
@@ -90,38 +90,37 @@ def _find(store: Store, garbage: Garbage, cutoff: float) -> None:
     garbage.bytes = sum(_size(p) for p in garbage.objects + garbage.manifests + garbage.staging)
 
 
-def live_versions(store: Store) -> set[tuple[str, str]]:
+def live_versions(store: Store) -> set[VersionRef]:
     """The (name, digest) of every version a finished run made, and of every version a quarantined run
     record may have made (a damaged record must never cost the versions it committed): what gc keeps."""
-    return {(o["name"], o["digest"]) for r in store.read_runs() if r.get("status") == "finished"
-            for o in r.get("outputs", [])} | store.quarantined_versions()
+    return {o.key for r in store.read_runs() if r.status == "finished" for o in r.outputs} \
+        | store.quarantined_versions()
 
 
-def _live_objects(store: Store, live: set[tuple[str, str]]) -> set[str]:
+def _live_objects(store: Store, live: set[VersionRef]) -> set[str]:
     """Every object a live manifest names. One that cannot be read stops gc: what it needs is unknown.
     Objects a quarantined manifest still names stay too, until the stage that made it has run again."""
     referenced: set[str] = store.quarantine_mentions("manifests")
-    for name, digest in sorted(live):
-        path = store.manifest_path(name, digest)
+    for ref in sorted(live):
+        path = store.manifest_path(ref)
         try:
             mode = path.lstat().st_mode
         except FileNotFoundError:  # already damage (verify says so); nothing it named can be read anyway
             continue
         if stat.S_ISLNK(mode):
             raise UserError(f"manifest {path} of a live version {FOREIGN}, then re-run the stage that made "
-                            f"{name} with --force; gc will not guess which objects it needs")
+                            f"{ref.name} with --force; gc will not guess which objects it needs")
         try:
-            referenced.update(referenced_objects(store.read_manifest(name, digest)))
+            referenced.update(store.read_manifest(ref).referenced_objects())
         except UserError as error:
-            raise UserError(f"gc cannot tell which objects {name}@{digest[:12]} needs ({error}); "
-                            "nothing was removed") from None
+            raise UserError(f"gc cannot tell which objects {ref.short} needs ({error}); nothing was removed") from None
     return referenced
 
 
-def _objects_named(store: Store, key: tuple[str, str]) -> set[str]:
+def _objects_named(store: Store, ref: VersionRef) -> set[str]:
     try:
-        return set(referenced_objects(store.read_manifest(*key)))
-    except (UserError, KeyError, TypeError, AttributeError):  # a damaged orphan protects nothing
+        return set(store.read_manifest(ref).referenced_objects())
+    except UserError:  # a damaged orphan protects nothing
         return set()
 
 
@@ -135,10 +134,10 @@ def object_files(store: Store, foreign: list[str] | None = None) -> Iterator[tup
             _note(foreign, entry.path, "is not an object file: remove it by hand")
 
 
-def _manifest_files(store: Store, foreign: list[str]) -> Iterator[tuple[tuple[str, str], Path]]:
+def _manifest_files(store: Store, foreign: list[str]) -> Iterator[tuple[VersionRef, Path]]:
     for name, entry in _two_deep(store.manifests_dir, foreign):
         if entry.name.endswith(".json") and entry.is_file(follow_symlinks=False):
-            yield (name, entry.name[:-len(".json")]), Path(entry.path)
+            yield VersionRef(name, entry.name[:-len(".json")]), Path(entry.path)
 
 
 def _two_deep(root: Path, foreign: list[str] | None) -> Iterator[tuple[str, os.DirEntry]]:

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from lineage.errors import UserError
-from lineage.records import CorruptRecord, check_run_summary, is_digest, is_name, parse_json
+from lineage.records import CorruptRecord, RunRecord, RunSummary, VersionRef, is_digest, is_name, parse_json
 from lineage.store import Store, read_no_follow
 
 GRAPH_FORMAT = 1
@@ -26,10 +26,10 @@ _HEX = re.compile(r"^[0-9a-f]+$")
 
 @dataclass
 class Version:
-    """One artifact version as the graph knows it."""
+    """One artifact version as the graph knows it (`v` is None for one it does not: a source named by digest)."""
 
     name: str
-    v: int
+    v: int | None
     digest: str
     run: str | None
     created: str | None
@@ -39,7 +39,11 @@ class Version:
 
     @property
     def ref(self) -> str:
-        return f"{self.name}:v{self.v}"
+        return f"{self.name}:v{self.v}" if self.v is not None else self.key.short
+
+    @property
+    def key(self) -> VersionRef:
+        return VersionRef(self.name, self.digest)
 
     def to_json(self) -> dict:
         aliases = sorted(self.aliases, key=lambda a: (a != "latest", a))  # canonical: `latest` first
@@ -50,7 +54,7 @@ class Version:
 @dataclass
 class Graph:
     versions: dict[str, list[Version]]
-    runs: dict[str, dict]
+    runs: dict[str, RunSummary]
     runs_seen: int
 
     # -- building ----------------------------------------------------------------------
@@ -62,30 +66,30 @@ class Graph:
         Every version a finished run committed keeps its number even while its manifest is missing
         or quarantined: numbers never shift under `show name:vN`, and re-running the stage that made
         it brings the manifest back under the same number."""
-        records = sorted(store.read_runs(), key=lambda r: (r.get("committed") or "", r["id"]))
+        records = sorted(store.read_runs(), key=lambda r: (r.committed or "", r.id))
         versions: dict[str, list[Version]] = {}
-        by_digest: dict[tuple[str, str], Version] = {}
-        runs: dict[str, dict] = {}
+        by_digest: dict[VersionRef, Version] = {}
+        runs: dict[str, RunSummary] = {}
         aliases: dict[tuple[str, str], Version] = {}
         latest: dict[str, Version] = {}
         for record in records:
-            runs[record["id"]] = _run_summary(record)
-            if record.get("status") != "finished":
+            runs[record.id] = RunSummary.of(record)
+            if record.status != "finished":
                 continue
-            for output in record.get("outputs", []):
-                key = (output["name"], output["digest"])
+            for output in record.outputs:
+                key = output.key
                 if key not in by_digest:
-                    chain = versions.setdefault(output["name"], [])
-                    version = Version(output["name"], len(chain) + 1, output["digest"], record["id"],
-                                      record.get("finished"), output.get("size", 0), output.get("count", 0))
+                    chain = versions.setdefault(output.name, [])
+                    version = Version(output.name, len(chain) + 1, output.digest, record.id, record.finished,
+                                      output.size, output.count)
                     chain.append(version)
                     by_digest[key] = version
                 if key in by_digest:
-                    latest[output["name"]] = by_digest[key]
-            for alias in record.get("aliases", []):
-                target = by_digest.get((alias["name"], alias["digest"]))
+                    latest[output.name] = by_digest[key]
+            for alias in record.aliases:
+                target = by_digest.get(alias.key)
                 if target is not None:
-                    aliases[(alias["name"], alias["alias"])] = target
+                    aliases[(alias.name, alias.alias)] = target
         for (name, alias), version in aliases.items():
             version.aliases.append(alias)
         # `latest` follows the newest run, so re-running an older configuration makes its
@@ -120,16 +124,15 @@ class Graph:
             if not is_name(name) or not isinstance(chain, list):
                 raise CorruptRecord(f"lineage.json: artifact {name[:40]!r} is malformed")
             versions[name] = [_version_from_json(name, number, entry) for number, entry in enumerate(chain, 1)]
-        for run_id, run in data["runs"].items():
-            check_run_summary(run, run_id)
-        return cls(versions, data["runs"], data["runs_seen"])
+        runs = {run_id: RunSummary.from_json(run, run_id) for run_id, run in data["runs"].items()}
+        return cls(versions, runs, data["runs_seen"])
 
     def to_json(self) -> dict:
         return {
             "format": GRAPH_FORMAT,
             "runs_seen": self.runs_seen,
             "versions": {name: [v.to_json() for v in chain] for name, chain in sorted(self.versions.items())},
-            "runs": self.runs,
+            "runs": {run_id: run.to_json() for run_id, run in self.runs.items()},
             "edges": self.edges(),
         }
 
@@ -142,12 +145,12 @@ class Graph:
         """Edges between version nodes (`name@digest`) and run nodes (`run:<id>`)."""
         edges = []
         for run_id, run in self.runs.items():
-            if run.get("status") != "finished":
+            if run.status != "finished":
                 continue
-            for item in run["inputs"]:
-                edges.append([f"{item['name']}@{item['digest']}", f"run:{run_id}"])
-            for item in run["outputs"]:
-                edges.append([f"run:{run_id}", f"{item['name']}@{item['digest']}"])
+            for item in run.inputs:
+                edges.append([f"{item.name}@{item.digest}", f"run:{run_id}"])
+            for item in run.outputs:
+                edges.append([f"run:{run_id}", f"{item.name}@{item.digest}"])
         return sorted(edges)
 
     def all_versions(self) -> list[Version]:
@@ -159,13 +162,13 @@ class Graph:
                 return version
         return None
 
-    def runs_of_stage(self, stage: str) -> list[tuple[str, dict]]:
-        return [(rid, run) for rid, run in self.runs.items() if run["stage"] == stage]
+    def runs_of_stage(self, stage: str) -> list[tuple[str, RunSummary]]:
+        return [(rid, run) for rid, run in self.runs.items() if run.stage == stage]
 
-    def finished_run_with_key(self, cache_key: str) -> tuple[str, dict] | None:
+    def finished_run_with_key(self, cache_key: str) -> tuple[str, RunSummary] | None:
         found = None
         for run_id, run in self.runs.items():
-            if run.get("cache_key") == cache_key and run.get("status") == "finished":
+            if run.cache_key == cache_key and run.status == "finished":
                 found = (run_id, run)
         return found
 
@@ -209,26 +212,26 @@ class Graph:
         listed = ", ".join(f"{v.ref} ({v.digest[:12]})" for v in matches[:6])
         raise UserError(f"digest prefix {prefix!r} is ambiguous: it matches {listed}; give more digits")
 
-    def producer(self, version: Version) -> dict | None:
+    def producer(self, version: Version) -> RunSummary | None:
         return self.runs.get(version.run) if version.run else None
 
-    def consumers(self, version: Version) -> list[tuple[str, dict]]:
-        return [(rid, run) for rid, run in self.runs.items() if run.get("status") == "finished"
-                and any(i["name"] == version.name and i["digest"] == version.digest for i in run["inputs"])]
+    def consumers(self, version: Version) -> list[tuple[str, RunSummary]]:
+        key = version.key
+        return [(rid, run) for rid, run in self.runs.items() if run.status == "finished" and key in run.inputs]
 
 
-def record_run(store: Store, record: dict) -> Graph:
+def record_run(store: Store, record: RunRecord) -> Graph:
     """Commit a run: write its record (the commit point), then rewrite the graph, under the lock."""
     with store.locked():
         # Stamped under the lock, so commit order (and so vN order) is the same in a rebuild.
-        record["committed"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-        store.put_run(record)
+        record.committed = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+        store.write_run(record)
         graph = Graph.rebuild(store) if not store.graph_path.exists() else _extend(store, record)
         graph.save(store)
     return graph
 
 
-def _extend(store: Store, record: dict) -> Graph:
+def _extend(store: Store, record: RunRecord) -> Graph:
     """Add one run to the graph on disk; falls back to a rebuild if the file lags or is damaged."""
     runs_on_disk = sum(1 for name in _listdir(store.runs_dir) if name.endswith(".json"))
     try:
@@ -237,21 +240,21 @@ def _extend(store: Store, record: dict) -> Graph:
         return Graph.rebuild(store)
     if graph.runs_seen != runs_on_disk - 1:
         return Graph.rebuild(store)
-    graph.runs[record["id"]] = _run_summary(record)
+    graph.runs[record.id] = RunSummary.of(record)
     graph.runs_seen = runs_on_disk
-    if record.get("status") == "finished":
-        for output in record["outputs"]:
-            target = graph.find(output["name"], output["digest"])
+    if record.status == "finished":
+        for output in record.outputs:
+            target = graph.find(output.name, output.digest)
             if target is None:
-                chain = graph.versions.setdefault(output["name"], [])
-                target = Version(output["name"], len(chain) + 1, output["digest"], record["id"],
-                                 record.get("finished"), output.get("size", 0), output.get("count", 0))
+                chain = graph.versions.setdefault(output.name, [])
+                target = Version(output.name, len(chain) + 1, output.digest, record.id, record.finished,
+                                 output.size, output.count)
                 chain.append(target)
             _move_alias(graph, target, "latest", first=True)
-        for alias in record.get("aliases", []):
-            target = graph.find(alias["name"], alias["digest"])
+        for alias in record.aliases:
+            target = graph.find(alias.name, alias.digest)
             if target is not None:
-                _move_alias(graph, target, alias["alias"])
+                _move_alias(graph, target, alias.alias)
     return graph
 
 
@@ -264,18 +267,6 @@ def _move_alias(graph: Graph, target: Version, alias: str, first: bool = False) 
         target.aliases.insert(0, alias)
     else:
         target.aliases.append(alias)
-
-
-def _run_summary(record: dict) -> dict:
-    return {
-        "stage": record["stage"],
-        "status": record.get("status"),
-        "cache_key": record.get("cache_key"),
-        "started": record.get("started"),
-        "finished": record.get("finished"),
-        "inputs": [{"name": i["name"], "digest": i["digest"]} for i in record.get("inputs", [])],
-        "outputs": [{"name": o["name"], "digest": o["digest"]} for o in record.get("outputs", [])],
-    }
 
 
 _VERSION_KEYS = {"v", "digest", "run", "created", "size", "count", "aliases"}

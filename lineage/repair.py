@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 from lineage.graph import Graph
-from lineage.records import CorruptRecord, parse_json
+from lineage.records import AliasRef, CorruptRecord, InputRef, OutputRef, RunRecord, parse_json
 from lineage.store import Store, read_no_follow
 
 RECOVERED_NOTE = ("rebuilt from lineage.json by `pipeline.py lineage --rebuild`; "
@@ -65,10 +65,10 @@ def _rebuild_locked(store: Store, keep_graph: bool) -> list[str]:
         lines.append(f"moved damaged run record {path} ({why}) to {target}")
         record = _recover(old, path.stem)
         if record is not None:
-            store.put_run(record)
+            store.write_run(record)
             recovered.append(record)
-            refs = ", ".join(f"{o['name']}@{o['digest'][:12]}" for o in record["outputs"]) or "no versions"
-            lines.append(f"  recovered run {record['id']} ({record['stage']}, {refs}) from lineage.json")
+            refs = ", ".join(o.key.short for o in record.outputs) or "no versions"
+            lines.append(f"  recovered run {record.id} ({record.stage}, {refs}) from lineage.json")
         else:
             lines += _unrecoverable(store, raw, records)
     graph = Graph.rebuild(store)
@@ -94,51 +94,52 @@ def _read_raw(path: Path) -> bytes:
         return b""
 
 
-def _recover(old: Graph | None, run_id: str) -> dict | None:
+def _recover(old: Graph | None, run_id: str) -> RunRecord | None:
     """A run record rebuilt from lineage.json's summary of the run, or None if it does not know it."""
     summary = old.runs.get(run_id) if old is not None else None
-    if summary is None or not isinstance(summary.get("status"), str):
+    if summary is None or not isinstance(summary.status, str):
         return None
 
-    def sized(item: dict) -> dict:
-        version = old.find(item["name"], item["digest"])
-        return {"name": item["name"], "digest": item["digest"], "size": version.size if version else 0,
-                "count": version.count if version else 0}
+    def sized(item) -> OutputRef:
+        version = old.find(item.name, item.digest)
+        return OutputRef(item.name, item.digest, version.size if version else 0, version.count if version else 0)
 
-    text = {key: summary[key] if isinstance(summary.get(key), str) else None
-            for key in ("cache_key", "started", "finished")}
+    def text(value) -> str | None:  # lineage.json is derived data, taken as it is: only strings are kept
+        return value if isinstance(value, str) else None
+
     # The original commit time is lost with the record; its finish time, a moment earlier, keeps the order.
-    return {"id": run_id, "stage": summary["stage"], "status": summary["status"], **text,
-            "committed": text["finished"], "inputs": [dict(i) for i in summary["inputs"]],
-            "outputs": [sized(o) for o in summary["outputs"]], "aliases": [], "recovered": RECOVERED_NOTE}
+    return RunRecord(run_id, summary.stage, summary.status, cache_key=text(summary.cache_key),
+                     started=text(summary.started), finished=text(summary.finished),
+                     committed=text(summary.finished), inputs=[InputRef(i.name, i.digest) for i in summary.inputs],
+                     outputs=[sized(o) for o in summary.outputs], recovered=RECOVERED_NOTE)
 
 
-def _restore_aliases(store: Store, graph: Graph, old: Graph, record: dict) -> None:
+def _restore_aliases(store: Store, graph: Graph, old: Graph, record: RunRecord) -> None:
     """Aliases that only the damaged records set (`alias` runs) are added back to the last recovered record."""
     lost = []
     for version in old.all_versions():
         now = graph.find(version.name, version.digest)
         for alias in version.aliases:
             if alias != "latest" and (now is None or alias not in now.aliases):
-                lost.append({"name": version.name, "digest": version.digest, "alias": alias})
+                lost.append(AliasRef(version.name, version.digest, alias))
     if lost:
-        record["aliases"] = lost
-        store.put_run(record)
+        record.aliases = lost
+        store.write_run(record)
 
 
-def _unrecoverable(store: Store, raw: bytes, records: list[dict]) -> list[str]:
+def _unrecoverable(store: Store, raw: bytes, records: list[RunRecord]) -> list[str]:
     """Name the versions the damaged record may have committed that no other run records."""
-    recorded = {(o["name"], o["digest"]) for r in records for o in r.get("outputs", [])}
-    mentioned = {key for key in store.quarantined_versions() if key[1].encode() in raw} - recorded
+    recorded = {o.key for r in records for o in r.outputs}
+    mentioned = {key for key in store.quarantined_versions() if key.digest.encode() in raw} - recorded
     if not mentioned:
         return ["  lineage.json did not know this run and no version it made can be told: nothing more to do "
                 "unless `pipeline.py ls` misses a version, whose stage you then re-run with --force"]
-    stage_of = {o["name"]: r["stage"] for r in records for o in r.get("outputs", [])}
+    stage_of = {o.name: r.stage for r in records for o in r.outputs}
     named = _STAGE_BYTES.search(raw)  # the damaged bytes may still say which stage it was
     lines = []
-    for name, digest in sorted(mentioned):
-        stage = named.group(1).decode() if named else stage_of.get(name, f"<the stage that makes {name}>")
-        lines.append(f"  {name}@{digest[:12]} lost its run record: re-run `pipeline.py {stage} --force` with the "
+    for ref in sorted(mentioned):
+        stage = named.group(1).decode() if named else stage_of.get(ref.name, f"<the stage that makes {ref.name}>")
+        lines.append(f"  {ref.short} lost its run record: re-run `pipeline.py {stage} --force` with the "
                      "config that made it to record it again (same inputs give the same digest); gc keeps its "
                      "manifest meanwhile")
     return lines

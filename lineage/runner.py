@@ -22,7 +22,7 @@ from lineage.graph import Graph, Version, record_run
 from lineage.inprogress import run_in_progress
 from lineage.plan import Plan, cache_params, plan
 from lineage.provenance import environment, new_run_id, now
-from lineage.records import referenced_objects
+from lineage.records import AliasRef, InputRef, OutputRef, RunRecord
 from lineage.store import Store
 
 
@@ -63,31 +63,30 @@ def _run_and_commit(store: Store, stage: Stage, params: Any, the_plan: Plan, gra
     try:
         outputs = stage.run(inputs, params, context)
     except (UserError, KeyboardInterrupt) as error:
-        record.update(status="failed", finished=now(), duration_s=round(time.perf_counter() - t0, 3),
-                      error=str(error) or type(error).__name__)
+        record.status, record.finished = "failed", now()
+        record.duration_s, record.error = round(time.perf_counter() - t0, 3), str(error) or type(error).__name__
         record_run(store, record)
         raise
     finally:  # what a stage staged into objects/ is already in place; its scratch files are not needed
         for folder in context.temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
 
-    written = []
     for output in outputs:
-        manifest = {"name": output.name, **output.body}
-        digest = store.put_manifest(manifest)
-        written.append({"name": output.name, "digest": digest, "size": _version_size(store, manifest, digest),
-                        "count": _entry_count(manifest)})
-        record["aliases"] += [{"name": output.name, "digest": digest, "alias": a} for a in output.aliases]
-    record["aliases"] += [{"name": o["name"], "digest": o["digest"], "alias": a} for o in written for a in aliases]
-    record.update(status="finished", outputs=written, finished=now(),
-                  duration_s=round(time.perf_counter() - t0, 3))
+        ref = store.write_manifest(output.manifest)
+        # A version's size counts its manifest file too.
+        size = output.manifest.content_size() + store.manifest_path(ref).stat().st_size
+        record.outputs.append(OutputRef(ref.name, ref.digest, size, output.manifest.entry_count()))
+        record.aliases += [AliasRef(ref.name, ref.digest, a) for a in output.aliases]
+    record.aliases += [AliasRef(o.name, o.digest, a) for o in record.outputs for a in aliases]
+    record.status, record.finished = "finished", now()
+    record.duration_s = round(time.perf_counter() - t0, 3)
     try:
         graph = record_run(store, record)
     except BaseException as error:  # Ctrl-C or a full disk: the CLI must say whether the run record made it
         if store.run_path(run_id).exists():
-            error.committed_refs = [f"{o['name']}@{o['digest'][:12]}" for o in written]
+            error.committed_refs = [o.key.short for o in record.outputs]
         raise
-    versions = [graph.find(o["name"], o["digest"]) for o in written]
+    versions = [graph.find(o.name, o.digest) for o in record.outputs]
     return RunResult(stage.NAME, versions, reused=False, run_id=run_id)
 
 
@@ -97,7 +96,7 @@ def _reuse(store: Store, graph: Graph, the_plan: Plan, aliases: list[str]) -> Ru
     if found is None:
         return None
     run_id, run = found
-    versions = [graph.find(o["name"], o["digest"]) for o in run["outputs"]]
+    versions = [graph.find(o.name, o.digest) for o in run.outputs]
     if any(v is None or not outputs_intact(store, v) for v in versions):
         return None
     stale = [v for v in versions if "latest" not in v.aliases or any(a not in v.aliases for a in aliases)]
@@ -105,10 +104,9 @@ def _reuse(store: Store, graph: Graph, the_plan: Plan, aliases: list[str]) -> Ru
         # Re-running an older configuration makes its versions `latest` again. Record that as a
         # (cheap) run of its own, so the graph stays derivable from runs/ alone.
         record = _run_record(new_run_id(), the_plan, now())
-        record.update(status="finished", finished=now(), duration_s=0.0, reused_run=run_id,
-                      outputs=[{"name": v.name, "digest": v.digest, "size": v.size, "count": v.count}
-                               for v in versions],
-                      aliases=[{"name": v.name, "digest": v.digest, "alias": a} for v in versions for a in aliases])
+        record.status, record.finished, record.duration_s, record.reused_run = "finished", now(), 0.0, run_id
+        record.outputs = [OutputRef(v.name, v.digest, v.size, v.count) for v in versions]
+        record.aliases = [AliasRef(v.name, v.digest, a) for v in versions for a in aliases]
         graph = record_run(store, record)
         versions = [graph.find(v.name, v.digest) for v in versions]
     return RunResult(the_plan.stage.NAME, versions, reused=True, run_id=run_id)
@@ -144,48 +142,30 @@ def set_alias(store: Store, version: Version, alias: str) -> None:
     from runs/ alone; the alias moves off whichever version had it."""
     check_alias(alias)
     stamp = now()
-    record_run(store, {"id": new_run_id(), "stage": "alias", "status": "finished", "started": stamp,
-                       "finished": stamp, "params": {"alias": alias}, "cache_key": None, "inputs": [],
-                       "outputs": [], "aliases": [{"name": version.name, "digest": version.digest, "alias": alias}],
-                       **environment()})
+    record_run(store, RunRecord(new_run_id(), "alias", "finished", started=stamp, finished=stamp,
+                                params={"alias": alias}, aliases=[AliasRef(version.name, version.digest, alias)],
+                                **environment()))
 
 
 def outputs_intact(store: Store, version: Version) -> bool:
     """The manifest and every object it names are present (not re-hashed: that is `verify`)."""
-    path = store.manifest_path(version.name, version.digest)
-    if not path.exists():
+    if not store.manifest_path(version.key).exists():
         return False
-    manifest = store.read_manifest(version.name, version.digest)
-    return not store.missing_objects(referenced_objects(manifest))
+    return not store.missing_objects(store.read_manifest(version.key).referenced_objects())
 
 
-def _run_record(run_id: str, the_plan: Plan, started: str) -> dict:
-    return {
-        "id": run_id,
-        "stage": the_plan.stage.NAME,
-        "status": "running",
-        "params": cache_params(the_plan.params),
-        "all_params": dataclasses.asdict(the_plan.params) if dataclasses.is_dataclass(the_plan.params) else None,
-        "cache_key": the_plan.cache_key,
-        "code_digest": the_plan.code_digest,
-        "source_fingerprint": the_plan.fingerprint,
-        "inputs": [{"name": v.name, "ref": v.ref, "digest": v.digest} for v in the_plan.inputs.values()],
-        "outputs": [],
-        "aliases": [],
-        "started": started,
+def _run_record(run_id: str, the_plan: Plan, started: str) -> RunRecord:
+    return RunRecord(
+        id=run_id,
+        stage=the_plan.stage.NAME,
+        status="running",
+        params=cache_params(the_plan.params),
+        all_params=dataclasses.asdict(the_plan.params) if dataclasses.is_dataclass(the_plan.params) else None,
+        cache_key=the_plan.cache_key,
+        code_digest=the_plan.code_digest,
+        source_fingerprint=the_plan.fingerprint,
+        inputs=[InputRef(v.name, v.digest, v.ref) for v in the_plan.inputs.values()],
+        started=started,
         **environment(),
-    }
+    )
 
-
-def _version_size(store: Store, manifest: dict, digest: str) -> int:
-    entries = manifest.get("entries", [])
-    entry_bytes = sum(e.get("size", 0) for e in entries) if isinstance(entries, list) else 0
-    file_bytes = sum(f.get("size", 0) for f in manifest.get("files", {}).values())
-    return entry_bytes + file_bytes + store.manifest_path(manifest["name"], digest).stat().st_size
-
-
-def _entry_count(manifest: dict) -> int:
-    entries = manifest.get("entries", [])
-    if isinstance(entries, dict):
-        return sum(len(chunk) for per_class in entries.values() for chunk in per_class.values())
-    return len(entries) or len(manifest.get("files", {}))

@@ -28,8 +28,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
+from lineage.atomic import write_atomic
 from lineage.errors import UserError
-from lineage.records import CorruptRecord, check_manifest, check_run, is_digest, is_name, parse_json
+from lineage.records import CorruptRecord, Manifest, RunRecord, VersionRef, is_digest, is_name, parse_json
 
 HASH_CHUNK = 1 << 20
 STORE_MARKER = "objects"
@@ -69,7 +70,7 @@ class Store:
         self._present: set[str] = set()  # objects seen by missing_objects: they are never removed mid-run
         # Checked manifests by (name, digest): a manifest's name is the hash of its bytes, so one that has
         # passed the check once is the same wherever it is read again in this process.
-        self._manifests: dict[tuple[str, str], dict] = {}
+        self._manifests: dict[VersionRef, Manifest] = {}
         self._listed: set[str] = set()
 
     # -- opening -----------------------------------------------------------------------
@@ -117,16 +118,7 @@ class Store:
 
     def write_atomic(self, path: Path, data: bytes, durable: bool = True) -> None:
         """Write to tmp/, fsync, rename over `path`: readers see the old file or the new one."""
-        staging = self.temp_path()
-        with open(staging, "wb") as handle:
-            handle.write(data)
-            if durable:
-                handle.flush()
-                os.fsync(handle.fileno())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, path)
-        if durable:
-            _fsync_dir(path.parent)
+        write_atomic(path, data, durable=durable, temp_dir=self.tmp_dir)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -146,20 +138,17 @@ class Store:
         if not is_digest(digest):
             raise UserError(f"{str(digest)[:80]!r} is not an object digest (64 hex characters): a manifest or "
                             "run record is damaged; run `pipeline.py verify`")
-        return Path(self.object_file(digest))
+        return Path(self._object_file(digest))
 
-    def object_file(self, digest: str) -> str:
-        """The object's path as a string: the hot paths check 100,000 of these, and pathlib is slow.
-        Unchecked: callers pass digests they computed or read from a checked manifest."""
+    def _object_file(self, digest: str) -> str:
+        """The object's path as a string, unchecked: for digests this process computed or read from a
+        checked manifest, on paths that handle 100,000 of them (pathlib is slow)."""
         return f"{self._objects_prefix}{digest[:2]}/{digest[2:]}"
-
-    def has_object(self, digest: str) -> bool:
-        return os.path.exists(self.object_file(digest))
 
     def missing_objects(self, digests: list[str]) -> list[str]:
         """Which of these objects are absent. For many, one listdir per prefix beats a stat per object."""
         if len(digests) < 512:
-            return [d for d in digests if not self.has_object(d)]
+            return [d for d in digests if not os.path.exists(self._object_file(d))]
         missing = [d for d in digests if d not in self._present]
         for prefix in {d[:2] for d in missing} - self._listed:  # each folder listed once per process
             self._listed.add(prefix)
@@ -169,19 +158,54 @@ class Store:
                 pass
         return [d for d in missing if d not in self._present]
 
-    def put_bytes(self, data: bytes, digest: str | None = None, recheck: bool = False) -> str:
-        """Store a blob; returns its digest. An intact object already present is not rewritten.
+    def write_object(self, data: bytes, digest: str | None = None, link_from: str | None = None,
+                     recheck: bool = False) -> str:
+        """Store a blob; returns its digest (computed here unless the caller already hashed it). An intact
+        object already present is not rewritten.
 
-        Objects are not fsynced one by one (that would cost more than the whole ingest). A blob
-        cut short by a power loss has the wrong size, which the one stat made anyway catches, so
-        the next write of the same content replaces it; a same-size corruption is caught by
-        `verify`'s re-hash and replaced when the stage re-runs with --force (`recheck`).
+        With `link_from`, hard-link that file instead of writing the bytes (opt-in: editing the source
+        in place would change the object too, which `verify` reports); links fall back to writing
+        across filesystems. Objects are not fsynced one by one (that would cost more than the whole
+        ingest). A blob cut short by a power loss has the wrong size, which the one stat made anyway
+        catches, so the next write of the same content replaces it; a same-size corruption is caught
+        by `verify`'s re-hash and replaced when the stage re-runs with --force (`recheck`).
         """
         digest = digest or sha256_bytes(data)
-        self.add_object(data, digest, recheck=recheck)
+        target = self._object_file(digest)
+        if self._object_intact(target, len(data), digest, recheck):
+            return digest
+        staging = f"{self.tmp_dir}/{uuid.uuid4().hex}"
+        try:
+            if link_from is None:
+                raise OSError
+            os.link(link_from, staging)
+        except OSError:
+            with open(staging, "wb") as handle:
+                handle.write(data)
+        self._rename_into_place(staging, target)
         return digest
 
-    def object_intact(self, target: str, size: int, digest: str, recheck: bool) -> bool:
+    def copy_object(self, path: str | os.PathLike, recheck: bool = False) -> tuple[str, int]:
+        """Store a file's content, hashing while copying (never whole in memory); returns (digest, size).
+        A damaged object already there is replaced (see write_object)."""
+        staging = self.temp_path()
+        digest = hashlib.sha256()
+        size = 0
+        with open(path, "rb") as source, open(staging, "wb") as sink:
+            while chunk := source.read(HASH_CHUNK):
+                digest.update(chunk)
+                sink.write(chunk)
+                size += len(chunk)
+        hexdigest = digest.hexdigest()
+        target = self._object_file(hexdigest)
+        if self._object_intact(target, size, hexdigest, recheck):
+            staging.unlink()
+        else:
+            self._rename_into_place(str(staging), target)
+        return hexdigest, size
+
+    @staticmethod
+    def _object_intact(target: str, size: int, digest: str, recheck: bool) -> bool:
         """Whether an existing object can stand: a plain file of the right size (one lstat, as cheap as
         the exists() it replaces), and with `recheck` its bytes hash to its name. A symlink never can."""
         try:
@@ -200,43 +224,6 @@ class Store:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.replace(staging, target)
 
-    def add_object(self, data: bytes, digest: str, link_from: str | None = None, recheck: bool = False) -> None:
-        """Store bytes whose digest the caller computed; with `link_from`, hard-link that file instead
-        of writing the bytes (opt-in: editing the source in place would change the object too, which
-        `verify` reports). Links fall back to writing across filesystems. A damaged object already
-        there is replaced (see put_bytes)."""
-        target = self.object_file(digest)
-        if self.object_intact(target, len(data), digest, recheck):
-            return
-        staging = f"{self.tmp_dir}/{uuid.uuid4().hex}"
-        try:
-            if link_from is None:
-                raise OSError
-            os.link(link_from, staging)
-        except OSError:
-            with open(staging, "wb") as handle:
-                handle.write(data)
-        self._rename_into_place(staging, target)
-
-    def put_file(self, path: str | os.PathLike, recheck: bool = False) -> tuple[str, int]:
-        """Store a file's content, hashing while copying; returns (digest, size). A damaged object
-        already there is replaced (see put_bytes)."""
-        staging = self.temp_path()
-        digest = hashlib.sha256()
-        size = 0
-        with open(path, "rb") as source, open(staging, "wb") as sink:
-            while chunk := source.read(HASH_CHUNK):
-                digest.update(chunk)
-                sink.write(chunk)
-                size += len(chunk)
-        hexdigest = digest.hexdigest()
-        target = self.object_file(hexdigest)
-        if self.object_intact(target, size, hexdigest, recheck):
-            staging.unlink()
-        else:
-            self._rename_into_place(str(staging), target)
-        return hexdigest, size
-
     def read_object(self, digest: str) -> bytes:
         path = self.object_path(digest)
         try:
@@ -252,53 +239,52 @@ class Store:
 
     # -- manifests and runs ------------------------------------------------------------
 
-    def manifest_path(self, name: str, digest: str) -> Path:
+    def manifest_path(self, ref: VersionRef) -> Path:
         """A manifest's path; a name or digest that would leave manifests/ is refused first."""
-        if not is_name(name) or not is_digest(digest):
-            raise UserError(f"{str(name)[:40]!r}@{str(digest)[:80]!r} is not a version reference: a run record or "
-                            "manifest is damaged; run `pipeline.py verify`")
-        return self.manifests_dir / name / f"{digest}.json"
+        if not is_name(ref.name) or not is_digest(ref.digest):
+            raise UserError(f"{str(ref.name)[:40]!r}@{str(ref.digest)[:80]!r} is not a version reference: a run "
+                            "record or manifest is damaged; run `pipeline.py verify`")
+        return self.manifests_dir / ref.name / f"{ref.digest}.json"
 
-    def put_manifest(self, manifest: dict) -> str:
+    def write_manifest(self, manifest: Manifest) -> VersionRef:
         """Write a version's manifest; its digest is the hash of its canonical bytes. One already there
         is kept only if it holds exactly these bytes: a damaged one is rewritten, atomically."""
-        data = canonical_json(manifest)
-        digest = sha256_bytes(data)
-        path = self.manifest_path(manifest["name"], digest)
+        data = canonical_json(manifest.to_json())
+        ref = VersionRef(manifest.name, sha256_bytes(data))
+        path = self.manifest_path(ref)
         try:
             intact = not path.is_symlink() and path.read_bytes() == data
         except OSError:
             intact = False
         if not intact:
             self.write_atomic(path, data)
-        return digest
+        return ref
 
-    def load_manifest(self, name: str, digest: str) -> dict:
-        """The checked manifest, or CorruptRecord saying what is wrong (FileNotFoundError if absent)."""
-        if (name, digest) in self._manifests:
-            return self._manifests[(name, digest)]
-        data = _record_bytes(self.manifest_path(name, digest))
-        if sha256_bytes(data) != digest:
+    def read_manifest_or_corrupt(self, ref: VersionRef) -> Manifest:
+        """The checked manifest, or CorruptRecord saying what is wrong (FileNotFoundError if absent): for
+        `verify` and `verify --repair`, which report damage instead of stopping at it."""
+        if ref in self._manifests:
+            return self._manifests[ref]
+        data = _record_bytes(self.manifest_path(ref))
+        if sha256_bytes(data) != ref.digest:
             raise CorruptRecord("its bytes no longer hash to its name")
-        manifest = self._manifests[(name, digest)] = check_manifest(parse_json(data), name)
+        manifest = self._manifests[ref] = Manifest.from_json(parse_json(data), ref.name)
         return manifest
 
-    def read_manifest(self, name: str, digest: str) -> dict:
+    def read_manifest(self, ref: VersionRef) -> Manifest:
         """A version's manifest; a missing or damaged one is a UserError that says how to rewrite it."""
-        path = self.manifest_path(name, digest)
+        path = self.manifest_path(ref)
         try:
-            return self.load_manifest(name, digest)
+            return self.read_manifest_or_corrupt(ref)
         except FileNotFoundError:
-            raise UserError(f"manifest {path} of {name}@{digest[:12]} is missing: "
-                            f"{self.manifest_fix(name, digest)}") from None
+            raise UserError(f"manifest {path} of {ref.short} is missing: {self.manifest_fix(ref)}") from None
         except CorruptRecord as why:
-            raise UserError(f"manifest {path} is corrupt ({why}): {self.manifest_fix(name, digest)}") from None
+            raise UserError(f"manifest {path} is corrupt ({why}): {self.manifest_fix(ref)}") from None
 
-    def manifest_fix(self, name: str, digest: str, records: list[dict] | None = None) -> str:
+    def manifest_fix(self, ref: VersionRef, records: list[RunRecord] | None = None) -> str:
         """The command that rewrites a version's manifest: a re-run of the stage that made it."""
         records = self.scan_runs()[0] if records is None else records
-        stages = sorted({r["stage"] for r in records if r.get("status") == "finished"
-                         and any(o["name"] == name and o["digest"] == digest for o in r.get("outputs", []))})
+        stages = sorted({r.stage for r in records if r.status == "finished" and any(o.key == ref for o in r.outputs)})
         if not stages:
             return ("no finished run made it, so no version is lost: `pipeline.py verify --repair` moves it to "
                     "quarantine/")
@@ -310,52 +296,48 @@ class Store:
                             "run `pipeline.py lineage --rebuild`")
         return self.runs_dir / f"{run_id}.json"
 
-    def put_run(self, record: dict) -> None:
+    def write_run(self, record: RunRecord) -> None:
         """Writing the run record is the commit point of a run."""
-        self.write_atomic(self.run_path(record["id"]), json.dumps(record, indent=1, sort_keys=True).encode())
+        self.write_atomic(self.run_path(record.id), json.dumps(record.to_json(), indent=1, sort_keys=True).encode())
 
-    def load_run(self, path: Path) -> dict:
-        """The checked run record in `path`, or CorruptRecord saying what is wrong."""
-        return check_run(parse_json(_record_bytes(path)), path.stem)
-
-    def read_run(self, run_id: str) -> dict | None:
+    def read_run(self, run_id: str) -> RunRecord | None:
         """One run record (None if it is not there); a damaged one is a UserError with the fix."""
         path = self.run_path(run_id)
         try:
-            return self.load_run(path)
+            return _read_run_file(path)
         except FileNotFoundError:
             return None
         except CorruptRecord as why:
             raise UserError(damaged_run_message(path, str(why))) from None
 
-    def scan_runs(self) -> tuple[list[dict], list[tuple[Path, str]]]:
+    def scan_runs(self) -> tuple[list[RunRecord], list[tuple[Path, str]]]:
         """Every run record: the good ones, and (path, what is wrong) for each damaged one."""
         records, damaged = [], []
         for path in sorted(self.runs_dir.glob("*.json")) if self.runs_dir.is_dir() else []:
             try:
-                records.append(self.load_run(path))
+                records.append(_read_run_file(path))
             except FileNotFoundError:  # removed while listing (a quarantine by another process)
                 continue
             except CorruptRecord as why:
                 damaged.append((path, str(why)))
         return records, damaged
 
-    def read_runs(self) -> list[dict]:
+    def read_runs(self) -> list[RunRecord]:
         """Every run record; the first damaged one is a UserError naming it and `lineage --rebuild`."""
         records, damaged = self.scan_runs()
         if damaged:
             raise UserError(damaged_run_message(*damaged[0]))
         return records
 
-    def list_manifests(self) -> Iterator[tuple[str, str]]:
-        """Every (name, digest) with a manifest file. Files whose names are not a name and a digest are
-        not manifests: `verify` reports them, and nothing else builds a path from them."""
+    def list_manifests(self) -> Iterator[VersionRef]:
+        """Every version with a manifest file. Files whose names are not a name and a digest are not
+        manifests: `verify` reports them, and nothing else builds a path from them."""
         for folder in sorted(self.manifests_dir.iterdir()) if self.manifests_dir.exists() else []:
             if not is_name(folder.name):
                 continue
             for path in sorted(folder.glob("*.json")):
                 if is_digest(path.stem):
-                    yield folder.name, path.stem
+                    yield VersionRef(folder.name, path.stem)
 
     # -- quarantine --------------------------------------------------------------------
 
@@ -373,12 +355,12 @@ class Store:
         os.rename(path, candidate)
         return candidate
 
-    def quarantined_versions(self) -> set[tuple[str, str]]:
+    def quarantined_versions(self) -> set[VersionRef]:
         """Manifests that a quarantined run record may have committed: every (name, digest) in
         manifests/ whose digest appears in the bytes of a record in quarantine/runs/. gc keeps these,
         so a damaged record never costs the versions it made; re-running their stage records them again."""
         mentioned = self.quarantine_mentions("runs")
-        return {(name, digest) for name, digest in self.list_manifests() if digest in mentioned} if mentioned else set()
+        return {ref for ref in self.list_manifests() if ref.digest in mentioned} if mentioned else set()
 
     def quarantine_mentions(self, kind: str) -> set[str]:
         """Every digest the bytes of quarantine/<kind>/ still mention. For gc: objects a quarantined
@@ -407,6 +389,11 @@ def damaged_run_message(path: Path, why: str) -> str:
             "quarantine/runs/ and keeps the versions it made")
 
 
+def _read_run_file(path: Path) -> RunRecord:
+    """The checked run record in `path`, or CorruptRecord saying what is wrong (FileNotFoundError if absent)."""
+    return RunRecord.from_json(parse_json(_record_bytes(path)), path.stem)
+
+
 def _record_bytes(path: Path) -> bytes:
     """A manifest's or run record's bytes: FileNotFoundError if absent, CorruptRecord if unreadable
     (a symlink among them: the store never makes one)."""
@@ -424,13 +411,5 @@ def read_no_follow(path: Path) -> bytes:
     try:
         with os.fdopen(fd, "rb", closefd=False) as handle:
             return handle.read()
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)

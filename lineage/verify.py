@@ -16,8 +16,7 @@ from pathlib import Path
 from lineage.errors import UserError
 from lineage.gc import object_files
 from lineage.graph import Graph
-from lineage.records import CorruptRecord, is_digest, is_name, parse_json
-from lineage.records import referenced_objects
+from lineage.records import CorruptRecord, Manifest, RunRecord, VersionRef, is_digest, is_name, parse_json
 from lineage.store import Store, read_no_follow, rerun_fix, sha256_file
 
 
@@ -55,8 +54,7 @@ def verify(store: Store, workers: int = 4) -> Report:
     except UserError:
         pass  # a damaged run record: reported below, with its fix
     records = _check_runs(store, report)
-    producers = {(o["name"], o["digest"]): r["stage"] for r in records if r.get("status") == "finished"
-                 for o in r.get("outputs", [])}
+    producers = {o.key: r.stage for r in records if r.status == "finished" for o in r.outputs}
     bad_objects = _check_objects(store, report, workers)
     readable = _check_manifests(store, report, records)
     _name_object_fixes(report, bad_objects, readable, producers)
@@ -72,7 +70,7 @@ def verify(store: Store, workers: int = 4) -> Report:
     return report
 
 
-def _check_runs(store: Store, report: Report) -> list[dict]:
+def _check_runs(store: Store, report: Report) -> list[RunRecord]:
     records, damaged = store.scan_runs()
     for path, why in damaged:
         report.add("runs", path, f"run record {path} is damaged ({why})",
@@ -113,7 +111,7 @@ def _check_objects(store: Store, report: Report, workers: int) -> dict[str, tupl
     return bad
 
 
-def _check_manifests(store: Store, report: Report, records: list[dict]) -> dict[tuple[str, str], dict]:
+def _check_manifests(store: Store, report: Report, records: list[RunRecord]) -> dict[VersionRef, Manifest]:
     """Check every file under manifests/; returns the readable manifests by (name, digest)."""
     readable = {}
     for folder in _entries(store.manifests_dir):
@@ -123,6 +121,7 @@ def _check_manifests(store: Store, report: Report, records: list[dict]) -> dict[
             continue
         for entry in _entries(folder.path):
             path, digest = Path(entry.path), entry.name.removesuffix(".json")
+            ref = VersionRef(folder.name, digest)
             report.checked_manifests += 1
             if not entry.name.endswith(".json") or not is_digest(digest):
                 report.add("manifests", path, f"{path} is not a manifest (its name is no digest)",
@@ -131,24 +130,24 @@ def _check_manifests(store: Store, report: Report, records: list[dict]) -> dict[
             try:
                 if entry.is_symlink():
                     raise CorruptRecord("a symlink: the store never makes one")
-                readable[(folder.name, digest)] = store.load_manifest(folder.name, digest)
+                readable[ref] = store.read_manifest_or_corrupt(ref)
             except (CorruptRecord, FileNotFoundError) as why:
-                report.add("manifests", path, f"manifest {path} is corrupt ({why})",
-                           store.manifest_fix(folder.name, digest, records))
-    for (name, digest), manifest in readable.items():
-        missing = store.missing_objects(referenced_objects(manifest))
+                report.add("manifests", path, f"manifest {path} is corrupt ({why})", store.manifest_fix(ref, records))
+    for ref, manifest in readable.items():
+        missing = store.missing_objects(manifest.referenced_objects())
         if missing:
-            report.problems.append(f"manifest {name}@{digest[:12]} references {len(missing)} missing object(s), "
-                                   f"first {missing[0][:12]}: {store.manifest_fix(name, digest, records)}")
+            report.problems.append(f"manifest {ref.short} references {len(missing)} missing object(s), "
+                                   f"first {missing[0][:12]}: {store.manifest_fix(ref, records)}")
     return readable
 
 
-def _name_object_fixes(report: Report, bad: dict[str, tuple[Path, str]], readable: dict, producers: dict) -> None:
+def _name_object_fixes(report: Report, bad: dict[str, tuple[Path, str]], readable: dict[VersionRef, Manifest],
+                       producers: dict[VersionRef, str]) -> None:
     """Each damaged object, with the stage that rewrites it: the one whose version holds it as an entry
     or file (a split only refers to raw-data's images; re-running split writes none of them)."""
     owners: dict[str, set[str]] = {}
     for key, manifest in readable.items():
-        for digest in _owned_objects(manifest):
+        for digest in manifest.owned_objects():
             if digest in bad and key in producers:
                 owners.setdefault(digest, set()).add(producers[key])
     for digest, (path, why) in sorted(bad.items()):
@@ -162,36 +161,30 @@ def _name_object_fixes(report: Report, bad: dict[str, tuple[Path, str]], readabl
         report.add("objects", path, f"object {digest[:12]} is corrupt ({why}), at {path}", fix)
 
 
-def _owned_objects(manifest: dict) -> list[str]:
-    digests = [f["digest"] for f in manifest.get("files", {}).values()]
-    entries = manifest.get("entries", [])
-    return digests + ([e["digest"] for e in entries] if isinstance(entries, list) else [])
-
-
-def _check_run_references(store: Store, report: Report, records: list[dict], readable: dict,
-                          producers: dict) -> None:
+def _check_run_references(store: Store, report: Report, records: list[RunRecord],
+                          readable: dict[VersionRef, Manifest], producers: dict[VersionRef, str]) -> None:
     for record in records:
-        if record.get("status") != "finished":
+        if record.status != "finished":
             continue
-        for item in record.get("inputs", []) + record.get("outputs", []):
-            key = (item["name"], item["digest"])
+        for key in [i.key for i in record.inputs] + [o.key for o in record.outputs]:
             if key in readable:
                 continue
-            path = store.manifest_path(*key)
+            path = store.manifest_path(key)
             if not path.exists() and not path.is_symlink():
                 stage = producers.get(key)
                 fix = rerun_fix(stage) if stage else "no run record names the stage that made it"
-                report.problems.append(f"run {record['id']} ({record['stage']}) names {key[0]}@{key[1][:12]}, "
+                report.problems.append(f"run {record.id} ({record.stage}) names {key.short}, "
                                        f"whose manifest is missing: {fix}")
 
 
 def _check_graph(store: Store, report: Report) -> None:
-    expected = Graph.rebuild(store).to_json()
+    rebuilt = Graph.rebuild(store)
+    expected = rebuilt.to_json()
     fix = "`pipeline.py lineage --rebuild` rewrites it"
     try:
         actual = parse_json(read_no_follow(store.graph_path))
     except FileNotFoundError:
-        if expected["runs"]:
+        if rebuilt.runs:
             report.problems.append(f"lineage.json is missing: {fix}")
             report.graph_damaged = True
         return
@@ -204,8 +197,8 @@ def _check_graph(store: Store, report: Report) -> None:
         report.graph_damaged = True
 
 
-def _unreferenced(store: Store, readable: dict, live: set[tuple[str, str]]) -> list[str]:
-    referenced = {d for key in live if key in readable for d in referenced_objects(readable[key])}
+def _unreferenced(store: Store, readable: dict[VersionRef, Manifest], live: set[VersionRef]) -> list[str]:
+    referenced = {d for key in live if key in readable for d in readable[key].referenced_objects()}
     return [digest for digest, _ in object_files(store) if digest not in referenced]
 
 

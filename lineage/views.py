@@ -7,6 +7,7 @@ from typing import Any
 
 from lineage.display import format_counts, human_size
 from lineage.graph import Graph, Version
+from lineage.records import RunRecord, VersionRef
 from lineage.store import Store
 
 
@@ -30,27 +31,27 @@ def format_ls(rows: list[dict]) -> str:
 
 def describe_version(store: Store, graph: Graph, version: Version) -> dict:
     """Everything `show` says about one version, as data."""
-    manifest = store.read_manifest(version.name, version.digest)
+    manifest = store.read_manifest(version.key)
     run = graph.producer(version)
     record = _read_run(store, version.run)
-    meta = manifest.get("meta", {})
+    meta = manifest.meta
     summary: dict[str, Any] = {
         "ref": version.ref, "digest": version.digest, "aliases": version.aliases, "size": version.size,
         "entries": version.count, "created": version.created,
-        "made_by": {"run": version.run, "stage": run and run["stage"],
-                    "inputs": [_ref(graph, i) for i in (run or {}).get("inputs", [])],
-                    "params": record.get("all_params") if record else None,
-                    "code_digest": record.get("code_digest") if record else None,
-                    "git": record.get("git") if record else None},
-        "used_by": [{"run": rid, "stage": r["stage"], "outputs": [_ref(graph, o) for o in r["outputs"]]}
+        "made_by": {"run": version.run, "stage": run and run.stage,
+                    "inputs": [_ref(graph, i) for i in run.inputs] if run else [],
+                    "params": record.all_params if record else None,
+                    "code_digest": record.code_digest if record else None,
+                    "git": record.git if record else None},
+        "used_by": [{"run": rid, "stage": r.stage, "outputs": [_ref(graph, o) for o in r.outputs]}
                     for rid, r in graph.consumers(version)],
         "meta": {k: v for k, v in meta.items() if k not in ("rejected", "duplicates")},
-        "files": manifest.get("files", {}),
+        "files": {name: item.to_json() for name, item in manifest.files.items()},
     }
     if "rejected" in meta:
         summary["rejected"] = meta["rejected"]
-    if manifest.get("source"):
-        summary["source"] = _ref(graph, manifest["source"])
+    if manifest.source:
+        summary["source"] = _ref(graph, manifest.source)
     return summary
 
 
@@ -117,11 +118,11 @@ def _walk(graph: Graph, version: Version, upward: bool, depth: int, seen: set) -
         if run_id in seen:
             continue
         seen.add(run_id)
-        neighbours = run["inputs"] if upward else run["outputs"]
+        neighbours = run.inputs if upward else run.outputs
         pad = "  " * depth
-        lines.append(f"{pad}{'↑' if upward else '↓'} {run['stage']} (run {run_id})")
+        lines.append(f"{pad}{'↑' if upward else '↓'} {run.stage} (run {run_id})")
         for item in neighbours:
-            neighbour = graph.find(item["name"], item["digest"])
+            neighbour = graph.find(item.name, item.digest)
             if neighbour is None:
                 continue
             lines.append(f"{pad}  {neighbour.ref}  {neighbour.digest[:12]}")
@@ -133,7 +134,7 @@ def export_graph(graph: Graph, fmt: str) -> str:
     nodes = {f"{v.name}@{v.digest}": v.ref for v in graph.all_versions()}
     edges = [e for e in graph.edges() if e[0] in nodes or e[1] in nodes]
     linked = {node for edge in edges for node in edge}  # alias runs touch no version: left out
-    runs = {f"run:{rid}": f"{r['stage']} {rid}" for rid, r in graph.runs.items() if f"run:{rid}" in linked}
+    runs = {f"run:{rid}": f"{r.stage} {rid}" for rid, r in graph.runs.items() if f"run:{rid}" in linked}
     if fmt == "json":
         return json.dumps(graph.to_json(), indent=1)
     ids = {key: f"n{i}" for i, key in enumerate(list(nodes) + list(runs))}
@@ -150,12 +151,12 @@ def export_graph(graph: Graph, fmt: str) -> str:
     return "\n".join(out)
 
 
-def _ref(graph: Graph, item: dict) -> str:
-    version = graph.find(item["name"], item["digest"])
-    return version.ref if version else f"{item['name']}@{item['digest'][:12]}"
+def _ref(graph: Graph, item: VersionRef) -> str:
+    version = graph.find(item.name, item.digest)
+    return version.ref if version else item.short
 
 
-def _read_run(store: Store, run_id: str | None) -> dict | None:
+def _read_run(store: Store, run_id: str | None) -> RunRecord | None:
     """The run record that made a version; a damaged one is a UserError naming it and its fix."""
     return store.read_run(run_id) if run_id else None
 

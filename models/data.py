@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from lineage.atomic import atomic_path, write_atomic
 from lineage.errors import UserError
 
 RESIZE_MODES = ("resize", "crop", "pad")
@@ -151,33 +151,35 @@ def _decode_into(pixels, paths, image_size, resize_mode, workers, progress) -> l
 
 
 def _decode_to_cache(paths, cache_file, meta, workers, progress) -> None:
-    """Decode straight into a temporary .npy, then rename it and its sidecar into place.
+    """Decode straight into a memory-mapped temporary .npy, then rename it and its sidecar into place.
 
     The sidecar (which names the failures) lands last, so a crash leaves no cache at all
     rather than a half-written one.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
     size = meta["image_size"]
-    tmp_files = [f"{cache_file}.{uuid.uuid4().hex}.tmp" for _ in range(2)]
-    try:
-        pixels = np.lib.format.open_memmap(tmp_files[0], "w+", np.uint8, (len(paths), size, size, 3))
+    with atomic_path(cache_file) as staging:
+        pixels = np.lib.format.open_memmap(staging, "w+", np.uint8, (len(paths), size, size, 3))
         failures = _decode_into(pixels, paths, size, meta["resize_mode"], workers, progress)
-        if failures:  # rare: copy the good rows into a file of the right length
-            kept = _kept_indices(len(paths), failures)
-            compact = np.lib.format.open_memmap(tmp_files[1], "w+", np.uint8, (len(kept), size, size, 3))
-            for start in range(0, len(kept), 256):
-                compact[start : start + 256] = pixels[kept[start : start + 256]]
-            pixels, tmp_files = compact, tmp_files[::-1]
+        if failures:  # rare: the file must hold only the rows that decoded
+            pixels = _without_rows(pixels, staging, _kept_indices(len(paths), failures))
         pixels.flush()
         del pixels
-        with open(tmp_files[0], "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_files[0], cache_file)
-        _write_json_atomic(f"{cache_file}.json", dict(meta, failures=[list(f) for f in failures]))
+    sidecar = json.dumps(dict(meta, failures=[list(f) for f in failures])).encode()
+    write_atomic(f"{cache_file}.json", sidecar)
+
+
+def _without_rows(pixels: np.memmap, path: str, kept: np.ndarray) -> np.memmap:
+    """The kept rows in a new file of the right length at `path`, copied a block at a time (never all in
+    memory); the full one is moved aside and removed."""
+    full = f"{path}.full"
+    os.replace(path, full)
+    try:
+        compact = np.lib.format.open_memmap(path, "w+", np.uint8, (len(kept),) + pixels.shape[1:])
+        for start in range(0, len(kept), 256):
+            compact[start : start + 256] = pixels[kept[start : start + 256]]
+        return compact
     finally:
-        for tmp in tmp_files:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        os.remove(full)  # the caller's map of it stays valid until released
 
 
 def _load_cache(cache_file: str, meta: dict[str, Any]) -> DecodedImages | None:
@@ -203,28 +205,9 @@ def _load_cache(cache_file: str, meta: dict[str, Any]) -> DecodedImages | None:
     return DecodedImages(images, kept, failures)
 
 
-def _write_json_atomic(path: str, data: Any) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_array_atomic(path: str, array: np.ndarray) -> None:
-    """np.save through a temporary file, so a reader never sees half an array."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp.npy"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    """np.save streamed into a temporary file, so a reader never sees half an array (and no copy is made)."""
+    write_atomic(path, lambda handle: np.save(handle, array))
 
 
 # ---------------------------------------------------------------------------------------

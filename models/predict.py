@@ -1,5 +1,6 @@
 """A trained classifier over decoded images, as the prediction table every report reads.
 
+The table's schema (fixed columns, score columns, what "unlabelled" means) is tables/predictions.py's.
 The score columns follow `class_names`, the model's own class-index map, in its order:
 column score_<c> holds output unit i only because class_names[i] == c. Sorting or retyping
 that list is how a well-known notebook for this task swapped two classes' scores.
@@ -12,12 +13,7 @@ import pandas as pd
 
 from lineage.errors import UserError
 from models.data import progress_enabled
-
-FIXED_COLUMNS = ["id", "path", "split", "truth", "guess", "confidence"]
-
-
-def score_column(class_name: str) -> str:
-    return f"score_{class_name}"
+from tables.predictions import FIXED_COLUMNS, is_labelled, score_column
 
 
 def predict_table(
@@ -31,9 +27,9 @@ def predict_table(
     batch_size: int = 64,
     progress: bool | None = None,
 ) -> pd.DataFrame:
-    """One row per image: id, path, split, truth, guess, confidence, score_<class> per class.
+    """One row per image: FIXED_COLUMNS, then score_<class> per class.
 
-    `truth` is None for unlabelled images. `progress` None shows a bar only on a terminal.
+    `truth` is None for unlabelled images (and "" becomes None). `progress` None shows a bar only on a terminal.
     """
     count = len(images)
     if not (len(ids) == len(paths) == len(splits) == len(truths) == count):
@@ -47,16 +43,9 @@ def predict_table(
                         "the model artifact is inconsistent: train it again")
     scores = predict_scores(model, images, batch_size, progress)
     best = scores.argmax(axis=1)
-    table = pd.DataFrame(
-        {
-            "id": list(ids),
-            "path": list(paths),
-            "split": list(splits),
-            "truth": [truth or None for truth in truths],
-            "guess": [class_names[i] for i in best],
-            "confidence": scores[np.arange(count), best],
-        }
-    )
+    columns = (list(ids), list(paths), list(splits), [truth if is_labelled(truth) else None for truth in truths],
+               [class_names[i] for i in best], scores[np.arange(count), best])
+    table = pd.DataFrame(dict(zip(FIXED_COLUMNS, columns, strict=True)))
     score_frame = pd.DataFrame(scores, columns=[score_column(c) for c in class_names])
     return pd.concat([table, score_frame], axis=1)
 

@@ -27,9 +27,9 @@ class SplitImages:
 def load_split_images(split: Artifact, name: str, classes: list[str], size: int, resize: str,
                       ctx: StageContext) -> SplitImages:
     """Decode one split's images, in a fixed order (class, then digest)."""
-    paths_by_digest = {e["digest"]: e["path"] for e in split.source().manifest["entries"]}
+    paths_by_digest = {e["digest"]: e["path"] for e in split.source().manifest.entries}
     ids, truths = [], []
-    for label, digests in sorted(split.manifest["entries"].get(name, {}).items()):
+    for label, digests in sorted(split.manifest.splits.get(name, {}).items()):
         ids += digests
         truths += [label] * len(digests)
     cache = ctx.cache_dir("images") / f"{split.digest[:24]}-{name}-{size}-{resize}.npy"
@@ -50,6 +50,6 @@ def decode(artifact: Artifact, ids: list[str], paths: list[str], truths: list[st
     index = {name: i for i, name in enumerate(classes)}
     return SplitImages(
         images=decoded.images,
-        labels=np.array([index.get(truths[i], -1) if truths[i] else -1 for i in kept], dtype=np.int32),
+        labels=np.array([index.get(truths[i], -1) for i in kept], dtype=np.int32),  # no truth ("", None): -1
         ids=[ids[i] for i in kept], paths=[paths[i] for i in kept], truths=[truths[i] for i in kept],
         failures=failures)

@@ -31,7 +31,8 @@ MIN_LR = 1e-7
 
 @dataclass
 class TrainConfig:
-    """Training parameters as plain data; a stage builds it from the YAML `train:` block."""
+    """Training parameters as plain data; a stage builds it from the YAML `train:` block. The head's
+    dropout is not one: it is part of the head, which the caller builds (models.backbones.build_head)."""
 
     epochs_head: int
     epochs_finetune: int
@@ -39,7 +40,6 @@ class TrainConfig:
     lr_head: float = 1e-3
     lr_finetune: float = 1e-5
     unfreeze: int | str = 0  # top backbone layers to train, or the first one's name; 0 skips phase 2
-    dropout: float = 0.2  # read by the caller when it builds the head
     early_stopping_patience: int | None = 3  # None: never stop early
     reduce_lr_patience: int | None = 2  # None: never lower the learning rate
     seed: int = 0

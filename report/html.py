@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
-from report.metrics import SCORE_PREFIX, round_significant
+from report.metrics import round_significant
+from tables.compare import SHARED
+from tables.predictions import labelled_mask, score_column
 from tables.query import quote
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -36,8 +38,7 @@ GROUP_PAIRS = (("truth", "guess"), ("guess", "truth"), ("split", "truth"))
 COMPARISON_GROUP_PAIRS = (("truth", "guess_a"), ("guess_a", "guess_b"), ("guess_b", "guess_a"),
                           ("correct_a", "correct_b"))
 DIGEST_SHOWN = 12
-# The drawn columns of a comparison table (tables/compare.py's join_predictions).
-SIDE_BY_SIDE_SHARED = ("id", "path", "split", "truth")
+# The drawn columns of a comparison table (tables/compare.py's join_predictions): its SHARED ones, then these.
 SIDE_BY_SIDE_PAIRED = ("guess", "confidence", "score_true", "correct")
 SIDE_BY_SIDE_AFTER = ("shift",)
 
@@ -217,14 +218,16 @@ def _table_payload(frame: pd.DataFrame, classes: list[str], groups: list[tuple[s
     """
     columns = [str(column) for column in frame.columns]
     values = [_json_column(frame[column]) for column in frame.columns]
+    if "truth" in columns:  # an unlabelled row's truth is null, whatever stands for it in the table
+        at = columns.index("truth")
+        values[at] = [value if known else None for value, known in zip(values[at], labelled_mask(frame))]
     rows = [list(row) for row in zip(*values)] if values else []
     display = display or columns
     notes = notes or {}
     return {"columns": columns, "rows": rows, "display": display,
             "notes": {column: note for column in display for suffix, note in notes.items()
                       if column.endswith(suffix)},
-            "score_columns": [SCORE_PREFIX + name for name in classes
-                              if SCORE_PREFIX + name in columns],
+            "score_columns": [score_column(name) for name in classes if score_column(name) in columns],
             "groups": [{"column": column, "other": other} for column, other in groups]}
 
 
@@ -264,7 +267,7 @@ def _side_by_side(frame: pd.DataFrame) -> list[str]:
               if column in columns]
     if not paired:
         return columns  # not a join_predictions table: draw it as it is
-    return ([column for column in SIDE_BY_SIDE_SHARED if column in columns] + paired
+    return ([column for column in SHARED if column in columns] + paired
             + [column for column in SIDE_BY_SIDE_AFTER if column in columns])
 
 

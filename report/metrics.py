@@ -1,8 +1,9 @@
 """Evaluation metrics of a prediction table, as one JSON-serialisable dict.
 
-Every number comes from scikit-learn; this module only picks the labelled rows,
-lines the scores up with the model's class order, and stores the results in a
-plain form that the evaluate stage writes to disk and the report reads back.
+Every number comes from scikit-learn; this module only picks the labelled rows
+(tables/predictions.py says which those are), lines the scores up with the model's
+class order, and stores the results in a plain form that the evaluate stage writes
+to disk and the report reads back.
 
 Curves are kept at full resolution: one point per distinct score, every
 threshold kept. W&B's PR plot samples 20 points and its ROC plot drops points
@@ -11,7 +12,7 @@ so nothing is dropped here. Floats are rounded to 6 significant digits, which
 keeps the JSON compact without moving a point by a visible amount.
 
 scikit-learn is imported inside the functions that use it: it takes about a
-second, and the report and table commands import this module for its helpers.
+second, and report/html.py imports this module only for `round_significant`.
 """
 
 from __future__ import annotations
@@ -19,16 +20,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from lineage.errors import UserError
+from tables.predictions import labelled_mask, score_column
 
 SIGNIFICANT_DIGITS = 6
-SCORE_PREFIX = "score_"
 EXACT_POWER_OF_TEN = 22  # 10**22 is the largest power of ten a double holds exactly
 
 
 def compute_metrics(frame: pd.DataFrame, classes: list[str], top_k: int = 3) -> dict:
     """Accuracy, per-class and averaged scores, confusion matrix and full curves.
 
-    Rows without a truth label are left out and counted as `unlabelled`. The
+    Unlabelled rows (`labelled_mask`) are left out and counted as `unlabelled`. The
     prediction is the table's `guess` column (what the user sees), or the arg-max
     of the scores when the table has none.
     """
@@ -72,20 +73,12 @@ def compute_metrics(frame: pd.DataFrame, classes: list[str], top_k: int = 3) -> 
 
 def score_columns(frame: pd.DataFrame, classes: list[str]) -> list[str]:
     """The `score_<class>` column names in class order; a missing one is a UserError."""
-    columns = [SCORE_PREFIX + name for name in classes]
+    columns = [score_column(name) for name in classes]
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise UserError(f"prediction table lacks score columns {missing}; "
                         f"it has {list(frame.columns)}")
     return columns
-
-
-def labelled_mask(frame: pd.DataFrame) -> np.ndarray:
-    """True where the row has a truth label (not missing, not empty)."""
-    if "truth" not in frame.columns:
-        raise UserError(f"prediction table has no 'truth' column; it has {list(frame.columns)}")
-    truth = frame["truth"]
-    return (truth.notna() & (truth.astype(object).astype(str) != "")).to_numpy()
 
 
 def round_significant(values, digits: int = SIGNIFICANT_DIGITS) -> np.ndarray:

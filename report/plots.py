@@ -1,7 +1,7 @@
 """The report's plots, each drawn with matplotlib's Agg canvas and returned as PNG bytes.
 
 Bytes rather than files, so the same plot goes into report.html as a data: URI and
-into an eval artifact as a file (`save_plots`). Figures are built on an explicit
+into an eval version as an object (stages/evaluate.py stores the bytes). Figures are built on an explicit
 `Figure` with no pyplot state, and matplotlib is imported only when a plot is
 drawn, so importing this module stays cheap for commands that never plot.
 """
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
-from report.metrics import SCORE_PREFIX, labelled_mask
+from tables.predictions import class_names, labelled_mask, score_column
 
 DPI = 100
 UNLABELLED_COLOUR = "#9e9e9e"
@@ -108,8 +107,8 @@ def score_scatter(frame: pd.DataFrame, class_x: str, class_y: str, classes: list
     """score_<class_x> against score_<class_y> over the same images, coloured by true class."""
     _check_classes([class_x, class_y], classes)
     figure, axes = _figure(6.0, 5.0)
-    x = frame[SCORE_PREFIX + class_x].to_numpy(dtype=float)
-    y = frame[SCORE_PREFIX + class_y].to_numpy(dtype=float)
+    x = frame[score_column(class_x)].to_numpy(dtype=float)
+    y = frame[score_column(class_y)].to_numpy(dtype=float)
     labelled = labelled_mask(frame)
     truth = frame["truth"].astype(object).to_numpy()
     if (~labelled).any():
@@ -133,11 +132,9 @@ def score_scatter(frame: pd.DataFrame, class_x: str, class_y: str, classes: list
 
 def class_distributions(frame: pd.DataFrame, class_a: str, class_b: str, bins: int = 30) -> bytes:
     """Overlaid histograms of score_<class_a> and score_<class_b> over all rows."""
-    known = [column[len(SCORE_PREFIX):] for column in frame.columns
-             if column.startswith(SCORE_PREFIX)]
-    _check_classes([class_a, class_b], known)
-    return multi_histogram(frame[SCORE_PREFIX + class_a].to_numpy(dtype=float),
-                           frame[SCORE_PREFIX + class_b].to_numpy(dtype=float),
+    _check_classes([class_a, class_b], class_names(frame.columns))
+    return multi_histogram(frame[score_column(class_a)].to_numpy(dtype=float),
+                           frame[score_column(class_b)].to_numpy(dtype=float),
                            (f"score {class_a}", f"score {class_b}"), bins)
 
 
@@ -170,18 +167,6 @@ def standard_plots(metrics: dict) -> dict[str, bytes]:
         "confusion_counts.png": confusion_heatmap(metrics, classes, normalised=False),
         "confusion_normalised.png": confusion_heatmap(metrics, classes, normalised=True),
     }
-
-
-def save_plots(plots: dict[str, bytes], directory: Path) -> list[Path]:
-    """Write each plot to `directory/<name>`; returns the paths written."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, png in plots.items():
-        path = directory / name
-        path.write_bytes(png)
-        written.append(path)
-    return written
 
 
 def _check_classes(requested: list[str], known: list[str]) -> None:

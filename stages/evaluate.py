@@ -15,11 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
+from lineage.contract import REF, Artifact, Output, StageContext
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.records import is_digest
-from lineage.contract import REF, Artifact, Output, StageContext
-from tables.predictions import read_predictions
+from lineage.records import Manifest, is_digest
+from tables.predictions import labelled_mask, read_predictions
 
 NAME = "evaluate"
 OUTPUT = "eval"
@@ -78,10 +78,10 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     from report.metrics import compute_metrics
 
     main = inputs["predictions"]
-    classes = main.manifest["meta"]["classes"]
+    classes = main.manifest.meta["classes"]
     check_classes(params, classes, main.ref)
     table = read_predictions(main)
-    if not table["truth"].notna().any():
+    if not labelled_mask(table).any():
         raise UserError(f"{main.ref} has no labelled rows (predictions on a plain folder): there is nothing to "
                         "score; use `pipeline.py table` to look at its guesses")
     metrics = compute_metrics(table, classes, top_k=params.top_k)
@@ -106,19 +106,19 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
 
     # Full-resolution curves are millions of points at 100,000 rows: kept, but apart from the summary.
     curves = metrics.pop("curves")
-    files = {"metrics.json": ctx.put_blob(json.dumps(metrics, indent=1).encode()),
-             "curves.json.gz": ctx.put_blob(gzip.compress(json.dumps(curves).encode(), compresslevel=3, mtime=0)),
-             "report.html": ctx.put_blob(html.encode())}
-    files.update({name: ctx.put_blob(png) for name, png in images.items()})
+    files = {"metrics.json": ctx.write_object(json.dumps(metrics, indent=1).encode()),
+             "curves.json.gz": ctx.write_object(gzip.compress(json.dumps(curves).encode(), compresslevel=3, mtime=0)),
+             "report.html": ctx.write_object(html.encode())}
+    files.update({name: ctx.write_object(png) for name, png in images.items()})
     summary = {"accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],
                "macro_f1": metrics["macro"]["f1"], "micro_ap": metrics["micro"]["average_precision"],
                "macro_ap": metrics["macro"]["average_precision"], "labelled": metrics["labelled"]}
     ctx.log(f"evaluate: {main.ref}: accuracy {metrics['accuracy']:.4f}, top-{params.top_k} "
             f"{metrics['top_k_accuracy']:.4f}, macro F1 {metrics['macro']['f1']:.4f}, "
             f"micro AP {metrics['micro']['average_precision']:.4f}")
-    return [Output(OUTPUT, {"source": {"name": main.version.name, "digest": main.digest}, "files": files,
-                            "meta": {"metrics": summary, "predictions": main.ref, "classes": classes,
-                                     "compare_with": labels[1] if labels else None}})]
+    return [Output(Manifest(OUTPUT, source=main.version.key, files=files,
+                            meta={"metrics": summary, "predictions": main.ref, "classes": classes,
+                                  "compare_with": labels[1] if labels else None}))]
 
 
 def most_confused_pair(metrics: dict) -> list[str]:
@@ -139,7 +139,7 @@ def _ap_points(runs: list[Artifact], params: Params, main: Artifact, main_metric
     points = []
     for artifact in runs:
         metrics = main_metrics if artifact is main else compute_metrics(read_predictions(artifact),
-                                                                        artifact.manifest["meta"]["classes"])
+                                                                        artifact.manifest.meta["classes"])
         points.append({"x": _x_value(artifact, params.across_x), "ap": metrics["micro"]["average_precision"],
                        "label": artifact.ref})
     return points
@@ -159,9 +159,9 @@ def _model_meta(artifact: Artifact) -> dict | None:
     """The model behind a predictions version: an input of the infer run, or a sibling output of train."""
     graph = artifact.graph
     run = graph and graph.producer(artifact.version)
-    for item in (run or {}).get("inputs", []) + (run or {}).get("outputs", []):
-        if item["name"] == "model":
-            return artifact.store.read_manifest("model", item["digest"])["meta"]
+    for item in (run.inputs + run.outputs) if run else []:
+        if item.name == "model":
+            return artifact.store.read_manifest(item).meta
     return None
 
 
@@ -173,9 +173,9 @@ def lineage_of(artifact: Artifact) -> list[dict]:
         if version.digest in seen:
             continue
         seen.add(version.digest)
-        run = graph.producer(version) or {}
-        parents = [graph.find(i["name"], i["digest"]) for i in run.get("inputs", [])]
-        rows.append({"ref": version.ref, "digest": version.digest, "made_by": run.get("stage"),
+        run = graph.producer(version)
+        parents = [graph.find(i.name, i.digest) for i in run.inputs] if run else []
+        rows.append({"ref": version.ref, "digest": version.digest, "made_by": run and run.stage,
                      "inputs": [p.ref for p in parents if p], "created": version.created})
         todo += [p for p in parents if p]
     return rows

@@ -13,15 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+from lineage.contract import REF, Artifact, Output, StageContext
 from lineage.display import printable_name
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.contract import REF, Artifact, Output, StageContext
-from stages.split import SplitName
+from lineage.records import SplitName
 
 NAME = "infer"
 OUTPUT = "predictions"
-CODE = ("stages/infer.py", "tables/predictions.py", "models/")
+CODE = ("stages/infer.py", "tables/predictions.py", "images/check.py", "models/")
 
 
 @dataclass
@@ -31,7 +31,6 @@ class Params:
     on: SplitName = "test"  # which part of the split
     folder: str | None = None  # a folder of images instead of a split (truth left empty)
     batch_size: Annotated[int, Range(1, 65536)] = 64
-    workers: Annotated[int, Range(1, 256)] = field(default=4, metadata={"cache": False})
 
 
 def input_refs(params: Params) -> dict[str, str]:
@@ -59,7 +58,7 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     from tables.predictions import prediction_output
 
     model_artifact = inputs["model"]
-    meta = model_artifact.manifest["meta"]
+    meta = model_artifact.manifest.meta
     classes = meta["classes"]
     if params.folder:
         ids, paths = _store_folder(Path(params.folder), ctx)
@@ -68,12 +67,12 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
         where, made_with = "folder", {"folder": str(Path(params.folder).resolve())}
     else:
         split = inputs["split"]
-        if split.manifest["meta"]["classes"] != classes:
+        if split.manifest.meta["classes"] != classes:
             raise UserError(f"{model_artifact.ref} was trained on classes {classes}, but {split.ref} has "
-                            f"{split.manifest['meta']['classes']}: infer on a split of the same raw data")
-        if not split.manifest["entries"].get(params.on):
+                            f"{split.manifest.meta['classes']}: infer on a split of the same raw data")
+        if not split.manifest.splits.get(params.on):
             raise UserError(f"{split.ref} has no {params.on} split (it has "
-                            f"{', '.join(split.manifest['entries'])}): set infer.on")
+                            f"{', '.join(split.manifest.splits)}): set infer.on")
         images = load_split_images(split, params.on, classes, meta["input_size"], meta["resize"], ctx)
         where, made_with = params.on, {"split": split.ref}
     if not images.ids:
@@ -130,7 +129,7 @@ def _store_folder(folder: Path, ctx: StageContext) -> tuple[list[str], list[str]
         except Rejected as why:
             ctx.log(f"  skipped {path.relative_to(folder)}: {why}")
             continue
-        ids.append(ctx.put_bytes(data))
+        ids.append(ctx.write_object(data).digest)
         paths.append(path.relative_to(folder).as_posix())
     if not ids:
         raise UserError(f"no readable image in {folder}")

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+from images.check import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
+from lineage.contract import Output, StageContext
 from lineage.display import format_counts, printable_name
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.records import is_digest
-from lineage.contract import Output, StageContext
+from lineage.records import Manifest, is_digest
 from lineage.store import canonical_json
-from images.check import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
 
 NAME = "ingest"
 OUTPUT = "raw-data"
@@ -236,7 +236,7 @@ def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
     meta = {"classes": classes, "class_counts": dict(sorted(counts.items())),
             "rejected": sorted(rejected, key=lambda r: r["path"]), "rejected_count": len(rejected),
             "duplicates": duplicates, "checks": checks}
-    return [Output(OUTPUT, {"entries": entries, "meta": meta})]
+    return [Output(Manifest(OUTPUT, entries=entries, meta=meta))]
 
 
 def _examine_all(root: Path, todo: list[SourceFile], params: Params, ctx: StageContext) -> list[dict]:
@@ -261,7 +261,7 @@ def _examine_all(root: Path, todo: list[SourceFile], params: Params, ctx: StageC
         except Rejected as why:
             return {"stat": stat, "reason": str(why)}
         digest = hashlib.sha256(data).hexdigest()
-        ctx.add_object(data, digest, link_from=path if link else None)
+        ctx.write_object(data, digest, link_from=path if link else None)
         return {"stat": stat, "digest": digest, "format": info.format, "width": info.width, "height": info.height}
 
     chunks = [todo[start:start + CHUNK_FILES] for start in range(0, len(todo), CHUNK_FILES)]
@@ -290,10 +290,10 @@ def _examine_large(path: str, source: SourceFile, params: Params, ctx: StageCont
         return {"stat": stat, "reason": str(why)}
     except OSError as error:
         return {"stat": None, "reason": f"unreadable: {error.strerror}"}
-    stored = ctx.put_file(path)
-    if stored["size"] != source.size:
+    stored = ctx.copy_object(path)
+    if stored.size != source.size:
         return {"stat": None, "reason": "changed while being read; ingest again"}
-    return {"stat": stat, "digest": stored["digest"], "format": info.format, "width": info.width,
+    return {"stat": stat, "digest": stored.digest, "format": info.format, "width": info.width,
             "height": info.height}
 
 

@@ -9,21 +9,19 @@ version and params give the same digest anywhere.
 from __future__ import annotations
 
 import random
-import typing
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated
 
+from lineage.contract import REF, Artifact, Output, StageContext
 from lineage.display import format_counts
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.contract import REF, Artifact, Output, StageContext
+from lineage.records import SPLIT_NAMES, Manifest, SplitName
 
 NAME = "split"
 OUTPUT = "split"
 CODE = ("stages/split.py",)
-SplitName = Literal["train", "val", "test"]
-SPLIT_NAMES = typing.get_args(SplitName)
 
 
 @dataclass
@@ -69,7 +67,7 @@ def fingerprint(params: Params) -> None:
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
     raw = inputs["raw-data"]
     by_class: dict[str, list[str]] = defaultdict(list)
-    for entry in raw.manifest["entries"]:
+    for entry in raw.manifest.entries:
         by_class[entry["label"]].append(entry["digest"])
     sizes = {label: len(digests) for label, digests in sorted(by_class.items())}
     wanted = split_counts(sizes, params, ctx.log)
@@ -87,10 +85,8 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     counts = {name: {label: len(d) for label, d in per_label.items()} for name, per_label in entries.items()}
     ctx.log(f"split: {raw.ref} → " + ", ".join(f"{n} {sum(c.values()):,}" for n, c in counts.items()))
     ctx.log(format_counts(counts, sorted(sizes)))
-    body = {"source": {"name": raw.version.name, "digest": raw.digest},
-            "entries": entries,
-            "meta": {"classes": sorted(sizes), "counts": counts, "class_sizes": sizes}}
-    return [Output(OUTPUT, body)]
+    return [Output(Manifest(OUTPUT, splits=entries, source=raw.version.key,
+                            meta={"classes": sorted(sizes), "counts": counts, "class_sizes": sizes}))]
 
 
 def split_counts(sizes: dict[str, int], params: Params, warn) -> dict[str, dict[str, int]]:

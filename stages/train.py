@@ -15,9 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, TypedDict
 
+from lineage.contract import REF, Artifact, Output, StageContext
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.contract import REF, Artifact, Output, StageContext
+from lineage.records import Manifest
 
 NAME = "train"
 OUTPUT = "model"
@@ -103,12 +104,12 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     from tables.predictions import prediction_output
 
     split = inputs["split"]
-    if not split.manifest["entries"].get("val"):
+    if not split.manifest.splits.get("val"):
         raise UserError(f"{split.ref} has no val split, which training needs for checkpoints and early stopping: "
                         "split again with e.g. --set 'split.per_class={train: 0.8, val: 0.1, test: 0.1}'")
     backbone = get_backbone(params.backbone)
     size = params.image_size or backbone.default_size
-    classes = split.manifest["meta"]["classes"]
+    classes = split.manifest.meta["classes"]
     # The backbone first: missing weights or a misspelt layer fail in seconds, before decoding every image.
     extractor = build_feature_extractor(params.backbone, size, params.weights)
     head = build_head(backbone.feature_dim, len(classes), params.dropout)
@@ -119,7 +120,7 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     work = ctx.temp_dir()
     config = TrainConfig(
         epochs_head=params.epochs_head, epochs_finetune=params.epochs_finetune, batch_size=params.batch_size,
-        lr_head=params.lr_head, lr_finetune=params.lr_finetune, unfreeze=params.unfreeze, dropout=params.dropout,
+        lr_head=params.lr_head, lr_finetune=params.lr_finetune, unfreeze=params.unfreeze,
         early_stopping_patience=params.early_stopping_patience, reduce_lr_patience=params.reduce_lr_patience,
         seed=params.seed, augmentation=params.augmentation, use_feature_cache=params.use_feature_cache,
         tensorboard_dir=str(ctx.cache_dir("tensorboard", split.digest[:16])) if params.tensorboard else None,
@@ -133,15 +134,14 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     result.model.save(model_path)
     class_index = {name: i for i, name in enumerate(classes)}
     history = json.dumps(result.history, indent=1).encode()
-    files = {"model.keras": ctx.put_file(model_path),
-             "class_index.json": ctx.put_blob(json.dumps(class_index, indent=1).encode()),
-             "history.json": ctx.put_blob(history)}
+    files = {"model.keras": ctx.copy_object(model_path),
+             "class_index.json": ctx.write_object(json.dumps(class_index, indent=1).encode()),
+             "history.json": ctx.write_object(history)}
     meta = {"classes": classes, "class_index": class_index, "input_size": size, "resize": params.resize,
             "backbone": params.backbone, "weights": params.weights, "preprocessing": backbone.preprocessing,
             "params": asdict(params), "best": result.best, "history": result.history,
             "train_images": len(train.labels), "skipped_images": train.failures + val.failures}
-    model = Output(OUTPUT, {"source": {"name": split.version.name, "digest": split.digest},
-                            "files": files, "meta": meta})
+    model = Output(Manifest(OUTPUT, source=split.version.key, files=files, meta=meta))
 
     table = predict_table(result.model, val.images, val.ids, val.paths, ["val"] * len(val.ids), val.truths,
                           classes, batch_size=params.batch_size, progress=ctx.progress)

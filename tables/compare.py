@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
+from tables.predictions import class_names, missing_label, score_column
 from tables.query import filter_frame
-from tables.table import (SCORE_PREFIX, class_names, class_order, format_table, labels,
-                          missing_truth, records_json)
+from tables.table import class_order, format_table, labels, records_json
 
 SHARED = ("id", "path", "split", "truth")
 REQUIRED = ("id", "path", "truth", "guess")
@@ -65,8 +65,8 @@ def compare_predictions(a: pd.DataFrame, b: pd.DataFrame, label_a: str, label_b:
     """Join A and B on image id, apply the filter to the joined rows, and compare."""
     joined, conflicts = join_predictions(a, b, label_a, label_b)
     rows = filter_frame(joined, filter)
-    labelled = rows[~missing_truth(rows["truth"])]
-    classes = class_order(set(labels(rows["truth"])), class_names(a) + class_names(b))
+    labelled = rows[~missing_label(rows["truth"])]
+    classes = class_order(set(labels(rows["truth"])), class_names(a.columns) + class_names(b.columns))
     images = rows[IMAGE_COLUMNS].assign(size=rows["shift"].abs())
     images = images.sort_values(["size", "path"], ascending=[False, True], kind="stable", na_position="last")
     return Comparison(
@@ -93,7 +93,7 @@ def join_predictions(a: pd.DataFrame, b: pd.DataFrame, label_a: str, label_b: st
         sizes = f"{label_a} ({count_images(len(a))}) and {label_b} ({count_images(len(b))})"
         raise UserError(f"compare: {sizes} share no images; compare predictions made on the same images")
     truth_a, truth_b = joined.pop("truth_a"), joined.pop("truth_b")
-    has_a, has_b = ~missing_truth(truth_a), ~missing_truth(truth_b)
+    has_a, has_b = ~missing_label(truth_a), ~missing_label(truth_b)
     conflicts = int((has_a & has_b & (truth_a.astype(str) != truth_b.astype(str)).to_numpy()).sum())
     shared = {"truth": truth_a.where(has_a, truth_b.where(has_b, None))}
     for name in ("path", "split"):
@@ -103,11 +103,11 @@ def join_predictions(a: pd.DataFrame, b: pd.DataFrame, label_a: str, label_b: st
             shared[name] = second if first is None else first if second is None else first.fillna(second)
     front = pd.DataFrame(shared, index=joined.index)
     joined = pd.concat([joined[["id"]], front, joined.drop(columns="id")], axis=1)
-    unlabelled = missing_truth(joined["truth"])
+    unlabelled = missing_label(joined["truth"])
     for s, frame in (("a", a), ("b", b)):
         correct = (joined[f"guess_{s}"].astype(str) == joined["truth"].astype(str)).astype("boolean")
         joined[f"correct_{s}"] = correct.mask(unlabelled)
-        joined[f"score_true_{s}"] = true_class_scores(joined, class_names(frame), s)
+        joined[f"score_true_{s}"] = true_class_scores(joined, class_names(frame.columns), s)
     joined["shift"] = joined["score_true_b"] - joined["score_true_a"]
     return joined, conflicts
 
@@ -122,7 +122,7 @@ def true_class_scores(joined: pd.DataFrame, classes: list[str], suffix: str) -> 
     """Each row's score for its true class, by one gather over the score matrix."""
     if not classes:
         return np.full(len(joined), np.nan)
-    scores = joined[[f"{SCORE_PREFIX}{c}_{suffix}" for c in classes]].to_numpy(dtype=float, na_value=np.nan)
+    scores = joined[[f"{score_column(c)}_{suffix}" for c in classes]].to_numpy(dtype=float, na_value=np.nan)
     position = {c: i for i, c in enumerate(classes)}
     column = joined["truth"].map(position).to_numpy(dtype=float, na_value=np.nan)
     known = ~np.isnan(column)

@@ -1,4 +1,9 @@
-"""Prediction tables in the store: how train and infer write them, how evaluate and the CLI read them.
+"""Prediction tables: their schema, and how train and infer write them and evaluate and the CLI read them.
+
+The schema lives here and nowhere else (models/predict.py builds tables by it; report/ and tables/
+read them by it): the fixed columns, then `score_<class>` per class in the model's class order,
+and one rule for what "unlabelled" means. This module imports neither TensorFlow nor, at import
+time, pandas, so models/, report/ and tables/ can all import it cheaply.
 
 The table is Parquet (pyarrow, zstd): typed columns (float32 scores stay float32), the column
 order kept, several times smaller than CSV, and read by pandas in milliseconds.
@@ -8,23 +13,67 @@ from __future__ import annotations
 
 import io
 
-from lineage.errors import UserError
 from lineage.contract import Artifact, Output, StageContext
+from lineage.errors import UserError
+from lineage.records import Manifest
 
 FILE = "predictions.parquet"
+
+# One row per image. `id` is the image's object digest; `truth` is missing for an unlabelled image.
+FIXED_COLUMNS = ("id", "path", "split", "truth", "guess", "confidence")
+SCORE_PREFIX = "score_"  # then one float32 column per class, in the model's class order
+
+
+def score_column(class_name: str) -> str:
+    return f"{SCORE_PREFIX}{class_name}"
+
+
+def class_names(columns) -> list[str]:
+    """The model's classes, in its order, read off the `score_<class>` columns (a frame or its column names)."""
+    return [str(c)[len(SCORE_PREFIX):] for c in columns if str(c).startswith(SCORE_PREFIX)]
+
+
+# What "unlabelled" means, for every reader: the truth is missing (None, NaN, pd.NA) or the empty string.
+# The empty string counts because a table written by hand, or by a CSV round trip, has "" where a
+# missing truth was; it is also the filter language's null (tables/query.py), so `x["truth"] = null`
+# selects exactly the unlabelled rows.
+
+
+def missing_label(values):
+    """True where a label column (truth, or a guess) holds no label: None, NaN, pd.NA or ""."""
+    return (values.isna() | (values == "")).to_numpy(dtype=bool, na_value=True)
+
+
+def labelled_mask(frame):
+    """True for each row with a truth label: the rows that accuracy, metrics and plots count."""
+    if "truth" not in frame.columns:
+        raise UserError(f"prediction table has no 'truth' column; it has {list(frame.columns)}")
+    return ~missing_label(frame["truth"])
+
+
+def is_labelled(truth) -> bool:
+    """One truth value, by the same rule, for code that builds a table row by row (strings first: it is
+    called once per image)."""
+    if isinstance(truth, str):
+        return truth != ""
+    if truth is None:
+        return False
+    import pandas as pd
+
+    return not pd.isna(truth)
 
 
 def prediction_output(ctx: StageContext, table, classes: list[str], split: str, made_with: dict) -> Output:
     """A predictions version: the table as Parquet, with the class order and headline numbers."""
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False, compression="zstd")
-    labelled = table["truth"].notna()
+    labelled = labelled_mask(table)
     accuracy = float((table.loc[labelled, "truth"] == table.loc[labelled, "guess"]).mean()) if labelled.any() else None
     meta = {"classes": classes, "rows": len(table), "split": split, "labelled": int(labelled.sum()),
             "accuracy": accuracy, **made_with}
     ctx.log(f"predictions: {len(table):,} rows on {split}" +
             (f", accuracy {accuracy:.4f}" if accuracy is not None else " (unlabelled)"))
-    return Output("predictions", {"files": {FILE: ctx.put_blob(buffer.getvalue())}, "meta": meta})
+    return Output(Manifest("predictions", files={FILE: ctx.write_object(buffer.getvalue())}, meta=meta))
 
 
 def read_predictions(artifact: Artifact):

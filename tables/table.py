@@ -1,8 +1,8 @@
 """The `pipeline.py table` operations, as pure functions on a prediction table.
 
-A prediction table has one row per image: id, path, split, truth (missing for
-unlabelled images), guess, confidence, then score_<class> for every class in the
-model's class order. `query_table` runs filter -> group-by -> sort -> columns -> limit,
+A prediction table (its schema is tables/predictions.py's) has one row per image: id, path,
+split, truth (missing for unlabelled images), guess, confidence, then score_<class> for
+every class in the model's class order. `query_table` runs filter -> group-by -> sort -> columns -> limit,
 so sort, columns and limit apply to whatever the earlier steps produced: the rows,
 or the grouped summary. Nothing here caps the row count.
 """
@@ -16,25 +16,15 @@ import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
+from tables.predictions import class_names, missing_label
 from tables.query import filter_frame, one_line, unknown_column_message
 
 FORMATS = ("text", "csv", "json", "markdown")
-SCORE_PREFIX = "score_"
-NO_TRUTH = "(no truth)"  # the group of unlabelled images
+NO_TRUTH = "(no truth)"  # the group of unlabelled images (and of rows with no guess)
 DECIMALS = 4  # for floats in text and markdown; csv and json keep full precision
 SHORT_ID = 12  # text and markdown show ids like git's short hashes; csv and json in full
 COLUMN_GAP = "  "
 RATE_BY_GROUP = {"truth": "accuracy", "guess": "precision"}  # share of the group guessed right
-
-
-def class_names(frame: pd.DataFrame) -> list[str]:
-    """The model's classes, in its order, read off the score_<class> columns."""
-    return [str(c)[len(SCORE_PREFIX):] for c in frame.columns if str(c).startswith(SCORE_PREFIX)]
-
-
-def missing_truth(truth: pd.Series) -> np.ndarray:
-    """Unlabelled rows: truth None, NaN or "" (the filter language's null)."""
-    return (truth.isna() | (truth == "")).to_numpy(dtype=bool, na_value=True)
 
 
 def group_codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
@@ -42,7 +32,7 @@ def group_codes(values: pd.Series) -> tuple[np.ndarray, list[str]]:
     missing value. The list may hold "" unused; crosstab drops groups with no rows."""
     codes, uniques = pd.factorize(values, use_na_sentinel=True)
     names = [str(u) for u in uniques] + [NO_TRUTH]
-    codes = np.where(missing_truth(values), len(names) - 1, codes)
+    codes = np.where(missing_label(values), len(names) - 1, codes)
     return codes, names
 
 
@@ -71,7 +61,7 @@ def query_table(frame: pd.DataFrame, filter: str | None = None, sort: str | None
     """Filter the rows, optionally summarise them by a column, then sort, pick columns, cut."""
     result = filter_frame(frame, filter)
     if group_by:
-        result = group_rows(result, group_by, class_names(frame))
+        result = group_rows(result, group_by, class_names(frame.columns))
     if sort:
         result = sort_rows(result, sort, descending)
     elif descending:

@@ -22,7 +22,7 @@ def _ingest(tmp_path, root, **kw):
     store = Store.open(tmp_path / "store", create=True)
     messages = []
     result = runner.execute(store, ingest, ingest.Params(source=str(root), **kw), log=messages.append)
-    manifest = store.read_manifest("raw-data", result.outputs[0].digest)
+    manifest = store.read_manifest(result.outputs[0].key).to_json()  # the manifest as stored
     return manifest, messages
 
 
@@ -139,9 +139,9 @@ def test_hardlink_mode_links_the_source_files_and_verify_sees_them_edited(tmp_pa
     for link in ("copy", "hardlink"):
         stores[link] = Store.open(tmp_path / f"store-{link}", create=True)
         result = runner.execute(stores[link], ingest, ingest.Params(source=str(root), link=link), log=lambda m: None)
-        manifests[link] = result.outputs[0].digest, stores[link].read_manifest("raw-data", result.outputs[0].digest)
+        manifests[link] = result.outputs[0].digest, stores[link].read_manifest(result.outputs[0].key)
     assert manifests["hardlink"] == manifests["copy"]  # the mode changes how objects are stored, not the version
-    entries = manifests["hardlink"][1]["entries"]
+    entries = manifests["hardlink"][1].entries
     assert len(entries) == 6
     for entry in entries:
         source = (root / entry["path"]).stat()

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import make_class_folders, run_cli
 from lineage.errors import UserError
-from lineage.records import CorruptRecord
+from lineage.records import CorruptRecord, VersionRef
 from lineage.store import Store, canonical_json, sha256_bytes
 
 ESCAPE = "../" * 16 + "etc/passwd"  # deep enough to reach / from any store
@@ -136,8 +136,8 @@ def test_run_record_lost_with_lineage_json_is_recorded_again_by_rerunning_its_st
     rebuilt = cli(config, "lineage", "--rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert f"raw-data@{versions['raw-data:v1'][:12]} lost its run record" in rebuilt.stdout
-    assert (versions_keys := Store.open(store).quarantined_versions()) == {("raw-data", versions["raw-data:v1"])}, \
-        versions_keys  # what gc must keep until the stage runs again
+    kept = Store.open(store).quarantined_versions()
+    assert kept == {VersionRef("raw-data", versions["raw-data:v1"])}, kept  # what gc keeps until the stage runs again
     follow(config, rebuilt.stdout, only="ingest")
     assert_intact(config, versions)
 
@@ -200,15 +200,15 @@ def test_a_hostile_manifest_under_its_own_hash_never_reaches_outside_the_store(t
     store = Store.open(tmp_path / "s", create=True)
     body = canonical_json({"name": "eval", "files": {"report.html": {"digest": ESCAPE, "size": 1}}})
     digest = sha256_bytes(body)
-    path = store.manifest_path("eval", digest)
+    path = store.manifest_path(VersionRef("eval", digest))
     path.parent.mkdir(parents=True)
     path.write_bytes(body)  # its name is its hash: only the check of its fields can catch it
     with pytest.raises(CorruptRecord, match="bad digest"):
-        store.load_manifest("eval", digest)
+        store.read_manifest_or_corrupt(VersionRef("eval", digest))
     with pytest.raises(UserError, match="is not an object digest"):
         store.read_object(ESCAPE)
     with pytest.raises(UserError, match="not a version reference"):
-        store.manifest_path("../../x", digest)
+        store.manifest_path(VersionRef("../../x", digest))
 
 
 # -- objects ------------------------------------------------------------------------------
@@ -350,7 +350,7 @@ def test_damaged_thumbnail_is_made_again(committed, damage):
     store = Store.open(store_dir)
     graph = Graph.load(store)
     raw = Artifact.open(store, graph, graph.resolve("raw-data:v1"))
-    ids = [e["digest"] for e in raw.manifest["entries"]][:3] + [ESCAPE]
+    ids = [e["digest"] for e in raw.manifest.entries][:3] + [ESCAPE]
     params, ctx = evaluate.Params(workers=1), StageContext(store, "evaluate", log=lambda m: None)
     made = evaluate.thumbnails(raw, ids, params, ctx)
     assert set(made) == set(ids[:3])  # the id that is no digest gets no thumbnail, and no path
@@ -363,7 +363,7 @@ def test_damaged_thumbnail_is_made_again(committed, damage):
 def test_writing_an_object_again_replaces_a_truncated_copy_without_force(tmp_path):
     """The one lstat a write makes anyway sees a wrong size: no --force needed for a power-loss cut."""
     store = Store.open(tmp_path / "s", create=True)
-    digest = store.put_bytes(b"the whole blob")
+    digest = store.write_object(b"the whole blob")
     store.object_path(digest).write_bytes(b"the wh")
-    assert store.put_bytes(b"the whole blob") == digest
+    assert store.write_object(b"the whole blob") == digest
     assert store.read_object(digest) == b"the whole blob"

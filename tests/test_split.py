@@ -7,6 +7,7 @@ import pytest
 from conftest import make_class_folders
 from lineage import runner
 from lineage.errors import UserError
+from lineage.records import VersionRef
 from lineage.store import Store
 from stages import ingest, split
 
@@ -22,7 +23,7 @@ def raw_store(tmp_path):
 def _split(store, messages=None, **kw):
     result = runner.execute(store, split, split.Params(**kw), log=(messages.append if messages is not None
                                                                     else lambda m: None))
-    return store.read_manifest("split", result.outputs[0].digest), result
+    return store.read_manifest(result.outputs[0].key).to_json(), result  # the manifest as stored
 
 
 def _all_digests(manifest):
@@ -35,7 +36,7 @@ def test_counts_per_class_and_no_image_in_two_splits(raw_store):
                                           for n, k in (("train", 8), ("val", 3), ("test", 2))}
     digests = _all_digests(manifest)
     assert len(digests) == len(set(digests)) == 39
-    raw = raw_store.read_manifest("raw-data", manifest["source"]["digest"])
+    raw = raw_store.read_manifest(VersionRef("raw-data", manifest["source"]["digest"])).to_json()
     labels = {e["digest"]: e["label"] for e in raw["entries"]}
     for per_class in manifest["entries"].values():
         for label, chunk in per_class.items():

@@ -10,6 +10,7 @@ from file_access import watch_file_reads
 from lineage import runner
 from lineage.errors import UserError
 from lineage.graph import Graph
+from lineage.records import Manifest
 from lineage.store import Store
 from lineage.verify import verify
 from stages import ingest, split
@@ -24,10 +25,10 @@ def _split(store, **kw):
     return runner.execute(store, split, params, log=lambda m: None, progress=False)
 
 
-def test_put_bytes_dedups_by_content(tmp_path):
+def test_write_object_dedups_by_content(tmp_path):
     store = Store.open(tmp_path / "s", create=True)
-    first = store.put_bytes(b"same bytes")
-    second = store.put_bytes(b"same bytes")
+    first = store.write_object(b"same bytes")
+    second = store.write_object(b"same bytes")
     assert first == second
     assert len(list(store.objects_dir.rglob("*"))) == 2  # one prefix folder, one object
     assert store.read_object(first) == b"same bytes"
@@ -35,11 +36,11 @@ def test_put_bytes_dedups_by_content(tmp_path):
 
 def test_manifest_digest_is_hash_of_its_bytes(tmp_path):
     store = Store.open(tmp_path / "s", create=True)
-    digest = store.put_manifest({"name": "x", "entries": [], "meta": {"b": 1, "a": 2}})
-    again = store.put_manifest({"name": "x", "meta": {"a": 2, "b": 1}, "entries": []})
-    assert digest == again
+    ref = store.write_manifest(Manifest.from_json({"name": "x", "entries": [], "meta": {"b": 1, "a": 2}}, "x"))
+    again = store.write_manifest(Manifest.from_json({"name": "x", "meta": {"a": 2, "b": 1}, "entries": []}, "x"))
+    assert ref == again
     import hashlib
-    assert hashlib.sha256(store.manifest_path("x", digest).read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(store.manifest_path(ref).read_bytes()).hexdigest() == ref.digest
 
 
 def test_same_content_gives_same_version(tmp_path, image_root):

@@ -17,8 +17,9 @@ keras = pytest.importorskip("keras")
 from lineage.errors import UserError  # noqa: E402
 from models import data as data_module  # noqa: E402
 from models.data import build_augmentation, decode_images, make_dataset  # noqa: E402
-from models.predict import FIXED_COLUMNS, predict_table  # noqa: E402
+from models.predict import predict_table  # noqa: E402
 from models.training import TrainConfig, train_two_phase, unfreeze_top  # noqa: E402
+from tables.predictions import FIXED_COLUMNS  # noqa: E402
 
 SIZE = 32
 CLASSES = ["red", "green", "blue"]
@@ -375,7 +376,7 @@ def test_predict_table_follows_the_models_class_order():
         ["test"] * 3 + ["unlabelled"] * 2, ["zebra", "apple", "apple", None, ""], class_names,
         batch_size=2, progress=False,
     )
-    assert list(table.columns) == FIXED_COLUMNS + ["score_zebra", "score_apple", "score_mango"]
+    assert list(table.columns) == list(FIXED_COLUMNS) + ["score_zebra", "score_apple", "score_mango"]
     assert table["guess"].tolist() == [class_names[i] for i in dominant]
     assert table["truth"].tolist()[:3] == ["zebra", "apple", "apple"]
     assert table["truth"].isna().tolist() == [False, False, False, True, True]
