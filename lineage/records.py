@@ -138,7 +138,7 @@ def check_run(value: Any, run_id: str) -> dict:
 
 
 def check_run_summary(value: Any, run_id: str) -> dict:
-    """A run as lineage.json holds it (lineage/graph.py `_run_summary`)."""
+    """A run as lineage.json holds it (`RunSummary` below)."""
     if not is_name(run_id) or not isinstance(value, dict) or not is_name(value.get("stage")):
         raise CorruptRecord(f"run {_short(run_id)} is malformed")
     for key in ("inputs", "outputs"):
