@@ -7,7 +7,7 @@ from typing import Any
 
 from lineage.display import format_counts, human_size
 from lineage.graph import Graph, Version
-from lineage.records import RunRecord, VersionRef
+from lineage.records import SPLIT_NAMES, RunRecord, VersionRef
 from lineage.store import Store
 
 
@@ -80,7 +80,7 @@ def _format_show(summary: dict) -> str:
         lines.append(f"  used by  {use['stage']} run {use['run']} → {', '.join(use['outputs'])}")
     meta = summary["meta"]
     if "counts" in meta:  # a split: columns in train, val, test order (the manifest's keys are sorted)
-        order = sorted(meta["counts"], key=lambda n: ("train", "val", "test").index(n) if n in ("train", "val", "test") else 9)
+        order = sorted(meta["counts"], key=lambda n: SPLIT_NAMES.index(n) if n in SPLIT_NAMES else len(SPLIT_NAMES))
         lines += ["", format_counts({n: meta["counts"][n] for n in order}, meta["classes"])]
     elif "class_counts" in meta:
         lines += ["", format_counts({"images": meta["class_counts"]}, meta["classes"])]
