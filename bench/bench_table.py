@@ -104,7 +104,7 @@ def node_filter_ms(frame: pd.DataFrame, repeats: int) -> dict | None:
     if node is None:
         return None
     rows = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    run = subprocess.run([node, "-e", NODE_FILTER, str(ROOT / "report" / "static" / "query.js"), FILTER, str(repeats)],
+    run = subprocess.run([node, "-e", NODE_FILTER, str(ROOT / "tables" / "query.js"), FILTER, str(repeats)],
                          input=json.dumps(rows), capture_output=True, text=True, check=True)
     return json.loads(run.stdout)
 
