@@ -1,0 +1,48 @@
+"""Imports point one way (docs/architecture.md): pipeline.py → workflow → stages → (models, report) →
+(tables, images) → lineage. A package importing one above it, even lazily inside a function, fails here."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("workflow", "stages", "models", "report", "tables", "images", "lineage", "demo")
+# What each package may import from this project (besides itself).
+ALLOWED = {
+    "workflow": {"stages", "lineage"},
+    "stages": {"models", "report", "tables", "images", "lineage"},
+    "models": {"tables", "images", "lineage"},
+    "report": {"tables", "lineage"},
+    "tables": {"lineage"},
+    "images": {"lineage"},
+    "lineage": set(),
+    "demo": {"lineage"},
+}
+
+
+def _imported_packages(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+def test_imports_point_one_way():
+    wrong = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for imported in _imported_packages(path) - ALLOWED[package] - {package}:
+                wrong.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert not wrong, wrong
+
+
+def test_the_runner_imports_no_tensorflow_or_other_packages():
+    for path in sorted((ROOT / "lineage").rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert not names & {"tensorflow", "keras", "models", "report", "tables", "stages"}, path
