@@ -5,14 +5,17 @@ filter box's input handler (compile, filter all rows, re-render the first page,
 group counts) plus the forced layout, and separately until the next frame is
 painted. Target: under 200 ms, so filtering feels immediate as the user types.
 
-    python bench/bench_report.py          # writes bench/results/report.json
+    python bench/bench_report.py                            # writes bench/results/report.json
+    python bench/bench_report.py --rows 1000000 --compare   # a cut page (report/selection.py), with B
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -80,17 +83,31 @@ def thumbnails(ids, seed: int = 0) -> dict[str, bytes]:
     return result
 
 
-def build_report() -> tuple[str, float, int]:
-    frame = random_predictions(ROWS, CLASSES, seed=1, unlabelled=0.02)
+def build_report(rows: int = ROWS, compare: bool = False) -> tuple[str, float, int]:
+    frame = random_predictions(rows, CLASSES, seed=1, unlabelled=0.02)
+    comparison = None
+    if compare:
+        from tables.compare import join_predictions
+
+        other = random_predictions(rows, CLASSES, seed=2, unlabelled=0.02)
+        other["id"], other["truth"] = frame["id"], frame["truth"]
+        comparison, _ = join_predictions(frame, other, "predictions:v1", "predictions:v2")
     metrics = compute_metrics(frame, CLASSES)
-    images = thumbnails(frame["id"])
+    made = {}
+
+    def images(ids):  # thumbnails for the embedded rows only, as evaluate makes them
+        made.update(thumbnails(ids))
+        return made
+
     start = time.perf_counter()
-    html = render_report(title="bench: 10,000 predictions", metrics=metrics, classes=CLASSES,
+    html = render_report(title=f"bench: {rows:,} predictions", metrics=metrics, classes=CLASSES,
                          plots=standard_plots(metrics), table=frame, thumbnails=images,
                          lineage=[{"ref": "predictions:v1", "digest": "0" * 64, "made_by": "infer",
-                                   "inputs": ["model:v1", "split:v1"]}])
+                                   "inputs": ["model:v1", "split:v1"]}], comparison=comparison,
+                         comparison_labels=("predictions:v1", "predictions:v2") if compare else None,
+                         table_ref="predictions:v1")
     seconds = time.perf_counter() - start
-    return html, seconds, sum(len(image) for image in images.values())
+    return html, seconds, sum(len(image) for image in made.values())
 
 
 def measure_in_browser(path: Path) -> dict:
@@ -103,6 +120,10 @@ def measure_in_browser(path: Path) -> dict:
         page.goto(path.as_uri())
         page.wait_for_selector("#predictions tbody tr")
         load_seconds = time.perf_counter() - start
+        page.select_option("#group-by", "truth")  # interactive: the group table answers at once
+        page.wait_for_selector("#groups tbody tr")
+        interactive_seconds = time.perf_counter() - start
+        page.select_option("#group-by", "")
         timings = {}
         for name, text in FILTERS.items():
             handler, frame = [], []
@@ -119,12 +140,12 @@ def measure_in_browser(path: Path) -> dict:
         page.select_option("#group-by", "truth")
         group_ms = page.evaluate(TIME_HANDLER, 'x["confidence"] < 0.5')
         browser.close()
-    return {"load_s": round(load_seconds, 2), "filters": timings,
+    return {"load_s": round(load_seconds, 2), "interactive_s": round(interactive_seconds, 2), "filters": timings,
             "filter_with_group_by_ms": round(group_ms, 1)}
 
 
-def main() -> dict:
-    html, render_seconds, thumbnail_bytes = build_report()
+def main(rows: int = ROWS, compare: bool = False) -> dict:
+    html, render_seconds, thumbnail_bytes = build_report(rows, compare)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "report.html"
         path.write_text(html, encoding="utf-8")
@@ -132,7 +153,7 @@ def main() -> dict:
         browser = measure_in_browser(path)
     worst = max(entry["handler_ms_median"] for entry in browser["filters"].values())
     result = {
-        "rows": ROWS, "classes": len(CLASSES), "thumbnail_px": THUMBNAIL_PX,
+        "rows": rows, "classes": len(CLASSES), "thumbnail_px": THUMBNAIL_PX, "comparison": compare,
         "file_mb": round(size / 1e6, 2),
         "thumbnails_raw_mb": round(thumbnail_bytes / 1e6, 2),
         "render_report_s": round(render_seconds, 2),
@@ -140,12 +161,19 @@ def main() -> dict:
         "worst_filter_handler_ms": worst,
         "target_ms": TARGET_MS,
         "meets_target": worst < TARGET_MS,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "host": platform.node(), "python": platform.python_version(),
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    suffix = "" if rows == ROWS and not compare else f"-{rows}" + ("-compare" if compare else "")
+    result_file = RESULT.with_name(f"report{suffix}.json")
+    result_file.write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(), indent=2))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=ROWS)
+    parser.add_argument("--compare", action="store_true", help="add a second model's predictions, side by side")
+    arguments = parser.parse_args()
+    print(json.dumps(main(arguments.rows, arguments.compare), indent=2))

@@ -8,6 +8,12 @@ The table is embedded once as JSON and drawn by report.js a page at a time, so a
 10,000-row report stays responsive; thumbnails sit in one id -> data: URI map and
 rows refer to them by id. Filtering uses tables/query.js, the same filter
 language as `pipeline.py table --filter`.
+
+A table over `embed_limit` rows is not embedded whole (report/selection.py picks the rows, and
+the page says how many, how they were chosen and the command that reaches the rest). What the
+page states as a total stays exact over every row: the metrics and plots come from the caller,
+computed over the whole table, and the group counts shown with an empty filter are computed
+here over the whole table too (`_group_totals`), not by report.js from the embedded rows.
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
 from report.metrics import round_significant
+from report.selection import EMBED_LIMIT, REASON_COLUMN, Selection, describe, select_rows
 from tables.compare import SHARED
 from tables.predictions import labelled_mask, score_column
 from tables.query import quote
@@ -38,40 +46,62 @@ GROUP_PAIRS = (("truth", "guess"), ("guess", "truth"), ("split", "truth"))
 COMPARISON_GROUP_PAIRS = (("truth", "guess_a"), ("guess_a", "guess_b"), ("guess_b", "guess_a"),
                           ("correct_a", "correct_b"))
 DIGEST_SHOWN = 12
+THUMBNAIL_LIMIT = 10_000  # images one page embeds (the predictions table's first); past it rows show none
 # The drawn columns of a comparison table (tables/compare.py's join_predictions): its SHARED ones, then these.
 SIDE_BY_SIDE_PAIRED = ("guess", "confidence", "score_true", "correct")
 SIDE_BY_SIDE_AFTER = ("shift",)
 
 
 def render_report(*, title: str, metrics: dict, classes: list[str], plots: dict[str, bytes],
-                  table: pd.DataFrame, thumbnails: dict[str, bytes], lineage: list[dict],
-                  comparison: pd.DataFrame | None = None,
-                  comparison_labels: tuple[str, str] | None = None) -> str:
-    """The report as one HTML string; write it anywhere, it needs nothing beside it."""
+                  table: pd.DataFrame, thumbnails: dict[str, bytes] | Callable[[list[str]], dict[str, bytes]],
+                  lineage: list[dict], comparison: pd.DataFrame | None = None,
+                  comparison_labels: tuple[str, str] | None = None, table_ref: str | None = None,
+                  embed_limit: int = EMBED_LIMIT) -> str:
+    """The report as one HTML string; write it anywhere, it needs nothing beside it.
+
+    `thumbnails` is a map by id, or a function that makes them for the ids the page embeds (so a
+    1,000,000-row table does not decode 1,000,000 images). `table_ref` names the predictions version,
+    for the `pipeline.py table` command a cut table points to.
+    """
     labels = comparison_labels or ("A", "B")
-    tables = {"predictions": _table_payload(table, classes, _prediction_groups(table))}
+    selection = select_rows(table, embed_limit)
+    embedded = selection.apply(table)
+    tables = {"predictions": _table_payload(embedded, classes, _prediction_groups(table), full=table,
+                                            selection=selection)}
+    command = f"python pipeline.py table {_shell_word(table_ref or 'predictions:latest')}"
     sections = [
         _metrics_section(metrics, classes),
         _plots_section(plots),
-        _table_section("predictions", "Predictions", len(table), "",
-                       example=_example_filter(classes)),
+        _table_section("predictions", "Predictions", len(embedded), "",
+                       example=_example_filter(classes), selection=selection,
+                       command=f"{command} --filter '{_example_filter(classes)}'"),
     ]
+    embedded_comparison = None
     if comparison is not None:
+        comparison_selection = select_rows(comparison, embed_limit)
+        embedded_comparison = comparison_selection.apply(comparison)
         tables["comparison"] = _table_payload(
-            comparison, classes, _comparison_groups(comparison),
-            display=_side_by_side(comparison), notes={"_a": labels[0], "_b": labels[1]})
+            embedded_comparison, classes, _comparison_groups(comparison),
+            display=_side_by_side(embedded_comparison), notes={"_a": labels[0], "_b": labels[1]},
+            full=comparison, selection=comparison_selection)
         caption = (f"The same images under two model versions: A = {_e(labels[0])} and "
                    f"B = {_e(labels[1])}.{_accuracy_change(comparison)} "
                    "Green rows: B right where A was wrong; red: the reverse.")
+        compare = (f"python pipeline.py compare {_shell_word(labels[0])} {_shell_word(labels[1])} "
+                   "--filter 'x[\"correct_a\"] != x[\"correct_b\"]' --limit 100")
         sections.append(_table_section("comparison", f"{labels[0]} vs {labels[1]}",
-                                       len(comparison), caption,
-                                       example='x["correct_a"] = true and x["correct_b"] = false'))
+                                       len(embedded_comparison), caption,
+                                       example='x["correct_a"] = true and x["correct_b"] = false',
+                                       selection=comparison_selection, command=compare))
     sections.append(_lineage_section(lineage))
-    shown_ids = {str(key) for frame in (table, comparison)
-                 if frame is not None and "id" in frame.columns for key in frame["id"]}
+    shown_ids = list(dict.fromkeys(str(key) for frame in (embedded, embedded_comparison)
+                                   if frame is not None and "id" in frame.columns for key in frame["id"]))
+    if len(shown_ids) > THUMBNAIL_LIMIT:  # a cut page with a comparison: ~2 KB a thumbnail adds up
+        shown_ids = shown_ids[:THUMBNAIL_LIMIT]
+    images = thumbnails(shown_ids) if callable(thumbnails) else thumbnails
+    wanted = set(shown_ids)
     data = {"tables": tables,
-            "thumbnails": {key: _data_uri(value) for key, value in thumbnails.items()
-                           if key in shown_ids}}
+            "thumbnails": {key: _data_uri(value) for key, value in images.items() if key in wanted}}
     return _page(title, "\n".join(sections), data)
 
 
@@ -163,12 +193,14 @@ def _plots_section(plots: dict[str, bytes]) -> str:
     return f'<section id="plots"><h2>Plots</h2><div class="plots">{figures}</div></section>'
 
 
-def _table_section(name: str, heading: str, rows: int, caption: str, example: str) -> str:
+def _table_section(name: str, heading: str, rows: int, caption: str, example: str,
+                   selection: Selection | None = None, command: str = "") -> str:
     """The controls and an empty table; report.js fills it from the embedded JSON."""
     prefix = "" if name == "predictions" else "cmp-"
     return f"""<section id="{name}-section" class="data-table" data-table="{name}" data-prefix="{prefix}">
 <h2>{_e(heading)}</h2>
 {f'<p class="caption">{caption}</p>' if caption else ""}
+{_embedded_note(prefix, selection, command)}
 <div class="controls">
 <label>Filter <input id="{prefix}filter" type="text" spellcheck="false" autocomplete="off"
  placeholder="{_e(example)}"></label>
@@ -177,11 +209,31 @@ def _table_section(name: str, heading: str, rows: int, caption: str, example: st
 </div>
 <div id="{prefix}filter-error" class="filter-error" role="alert" hidden></div>
 <p class="columns-help">Columns: <span id="{prefix}columns"></span></p>
+<p id="{prefix}groups-scope" class="groups-scope" hidden></p>
 <table id="{prefix}groups" class="groups" hidden><thead><tr><th></th><th>rows</th>
 <th>distribution</th></tr></thead><tbody></tbody></table>
 <div class="scroll"><table id="{name}" class="rows"><thead></thead><tbody></tbody></table></div>
 <button id="{prefix}show-more" type="button" hidden>Show more</button>
 </section>"""
+
+
+def _embedded_note(prefix: str, selection: Selection | None, command: str) -> str:
+    """What a cut table holds, why, and where the rest is; nothing when every row is embedded."""
+    if selection is None or not selection.capped:
+        return ""
+    held, total = len(selection.positions), selection.total
+    return (f'<div id="{prefix}embedded-note" class="embedded-note" data-embedded="{held}" data-total="{total}">'
+            f"<p>This page holds <strong>{held:,} of {total:,} rows</strong>: {_e(describe(selection))}. "
+            f"The <code>{REASON_COLUMN}</code> column says why each row is here.</p>"
+            f"<p>Metrics, plots, the confusion matrix and the group counts (with an empty filter) are over all "
+            f"{total:,} rows; a filter searches the {held:,} embedded rows only. The rest: "
+            f"<code>{_e(command)}</code></p></div>")
+
+
+def _shell_word(text: str) -> str:
+    import shlex
+
+    return shlex.quote(str(text))
 
 
 def _lineage_section(lineage: list[dict]) -> str:
@@ -209,12 +261,15 @@ def _lineage_section(lineage: list[dict]) -> str:
 
 
 def _table_payload(frame: pd.DataFrame, classes: list[str], groups: list[tuple[str, str]],
-                   display: list[str] | None = None, notes: dict[str, str] | None = None) -> dict:
+                   display: list[str] | None = None, notes: dict[str, str] | None = None,
+                   full: pd.DataFrame | None = None, selection: Selection | None = None) -> dict:
     """Columns and rows as JSON-ready lists; missing values become null.
 
     Every column goes into the rows, so the filter can use it; `display` picks the
     ones drawn as table columns, and `notes` maps a column-name suffix to a small
     line under its heading (the model version of a comparison's `_a`/`_b` columns).
+    When `frame` holds only some rows of `full`, the payload carries `total` and each
+    group's exact counts over `full` (report.js shows those while the filter is empty).
     """
     columns = [str(column) for column in frame.columns]
     values = [_json_column(frame[column]) for column in frame.columns]
@@ -224,11 +279,41 @@ def _table_payload(frame: pd.DataFrame, classes: list[str], groups: list[tuple[s
     rows = [list(row) for row in zip(*values)] if values else []
     display = display or columns
     notes = notes or {}
+    capped = full is not None and selection is not None and selection.capped
     return {"columns": columns, "rows": rows, "display": display,
             "notes": {column: note for column in display for suffix, note in notes.items()
                       if column.endswith(suffix)},
             "score_columns": [score_column(name) for name in classes if score_column(name) in columns],
-            "groups": [{"column": column, "other": other} for column, other in groups]}
+            "groups": [{"column": column, "other": other,
+                        **({"totals": _group_totals(full, column, other)} if capped else {})}
+                       for column, other in groups],
+            "total": len(full) if capped else len(frame)}
+
+
+def _group_totals(frame: pd.DataFrame, column: str, other: str) -> list:
+    """[value, rows, [[other value, rows], …]] per value of `column` over every row of `frame`, most
+    rows first: the exact counts a cut page's group table shows. Missing values (and an unlabelled
+    truth) are null, as in the rows. Counted on factorised codes, so a million rows cost no Python loop."""
+    key_codes, key_values = pd.factorize(_group_values(frame, column), use_na_sentinel=True)
+    other_codes, other_values = pd.factorize(_group_values(frame, other), use_na_sentinel=True)
+    keys = _json_column(pd.Series(key_values, dtype=object)) + [None]  # code -1 (missing) is the last
+    others = _json_column(pd.Series(other_values, dtype=object)) + [None]
+    width = len(others)
+    counts = np.bincount(key_codes.astype(np.int64) % len(keys) * width + other_codes.astype(np.int64) % width,
+                         minlength=len(keys) * width).reshape(len(keys), width)
+    totals = []
+    for index, key in enumerate(keys):
+        row = counts[index]
+        if row.sum():
+            spread = [[others[j], int(row[j])] for j in np.argsort(-row, kind="stable") if row[j]]
+            totals.append([key, int(row.sum()), spread])
+    return sorted(totals, key=lambda entry: -entry[1])
+
+
+def _group_values(frame: pd.DataFrame, column: str) -> pd.Series:
+    if column == "truth":
+        return frame[column].where(labelled_mask(frame), None)
+    return frame[column]
 
 
 def _json_column(series: pd.Series) -> list:

@@ -26,11 +26,12 @@ def pr_curves(metrics: dict, classes: list[str]) -> bytes:
     _check_classes(classes, metrics["classes"])
     figure, axes = _figure(6.4, 4.8)
     for colour, name in zip(_class_colours(len(classes)), classes):
-        curve = metrics["curves"]["per_class"][name]["pr"]
+        curve = metrics["curves"]["per_class"][name].pr()
         if curve is None:
             continue
         ap = metrics["per_class"][name]["average_precision"]
-        axes.step(curve["recall"], curve["precision"], where="post", color=colour,
+        recall, precision = thin_for_drawing(curve["recall"], curve["precision"])
+        axes.step(recall, precision, where="post", color=colour,
                   linewidth=1.2, label=f"{_plain(name)} (AP {ap:.3f})")
     _finish_unit_axes(axes, "recall", "precision", "Precision-recall, one class vs rest")
     return _png(figure)
@@ -42,14 +43,37 @@ def roc_curves(metrics: dict, classes: list[str]) -> bytes:
     figure, axes = _figure(6.4, 4.8)
     axes.plot([0, 1], [0, 1], linestyle="--", color=UNLABELLED_COLOUR, linewidth=1, label="chance")
     for colour, name in zip(_class_colours(len(classes)), classes):
-        curve = metrics["curves"]["per_class"][name]["roc"]
+        curve = metrics["curves"]["per_class"][name].roc()
         if curve is None:
             continue
         auc = metrics["per_class"][name]["roc_auc"]
-        axes.plot(curve["fpr"], curve["tpr"], color=colour, linewidth=1.2,
+        axes.plot(*thin_for_drawing(curve["fpr"], curve["tpr"]), color=colour, linewidth=1.2,
                   label=f"{_plain(name)} (AUC {auc:.3f})")
     _finish_unit_axes(axes, "false positive rate", "true positive rate", "ROC, one class vs rest")
     return _png(figure)
+
+
+DRAWING_RESOLUTION = 4096  # grid cells per unit axis: several times the pixels of any plot drawn here
+
+
+def thin_for_drawing(x: np.ndarray, y: np.ndarray, resolution: int = DRAWING_RESOLUTION):
+    """A copy of a curve on the unit square that draws the same: the points where it turns.
+
+    The square is cut into resolution x resolution cells; of each run of consecutive points in
+    one cell only the first and the last are kept (and the curve's two ends), so every change of
+    cell, i.e. every visible turn, survives while the millions of points inside one pixel go.
+    A monotone curve keeps at most about 4 x resolution points, whatever its length.
+    """
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if len(x) <= 2 * resolution:
+        return x, y
+    cells = (np.floor(np.clip(x, 0, 1) * resolution).astype(np.int64) * (resolution + 1)
+             + np.floor(np.clip(y, 0, 1) * resolution).astype(np.int64))
+    changes = cells[1:] != cells[:-1]
+    keep = np.ones(len(x), dtype=bool)
+    keep[1:-1] = changes[:-1] | changes[1:]  # last point of a run, or first of the next
+    return x[keep], y[keep]
 
 
 def confusion_heatmap(metrics: dict, classes: list[str], normalised: bool) -> bytes:
@@ -119,6 +143,7 @@ def score_scatter(frame: pd.DataFrame, class_x: str, class_y: str, classes: list
     others = [name for name in classes if name not in (class_x, class_y)]
     for name in others + [class_x, class_y]:
         chosen = labelled & (truth == name)
+        chosen[chosen] = _one_per_cell(x[chosen], y[chosen])
         if chosen.any():
             axes.scatter(x[chosen], y[chosen], s=5, alpha=0.25 if name in others else 0.7,
                          color=colours[name], label=_plain(name), rasterized=True)
@@ -128,6 +153,23 @@ def score_scatter(frame: pd.DataFrame, class_x: str, class_y: str, classes: list
     axes.legend(fontsize=7, markerscale=2, loc="best")
     axes.grid(alpha=0.3)
     return _png(figure)
+
+
+SCATTER_RESOLUTION = 1000  # cells per axis; a 6-inch plot at 100 dpi is 600 pixels wide
+
+
+def _one_per_cell(x: np.ndarray, y: np.ndarray, resolution: int = SCATTER_RESOLUTION) -> np.ndarray:
+    """True for the first point in each sub-pixel cell: a million points of one class draw the same
+    marks from far fewer (drawing, not counting: the curves and metrics use every row)."""
+    if len(x) <= resolution:
+        return np.ones(len(x), dtype=bool)
+    span = [(float(np.nanmin(v)), float(np.nanmax(v))) if np.isfinite(v).any() else (0.0, 1.0) for v in (x, y)]
+    cells = [np.nan_to_num((v - low) / ((high - low) or 1.0) * resolution, nan=-1).astype(np.int64)
+             for v, (low, high) in zip((x, y), span)]
+    _, first = np.unique(cells[0] * (resolution + 2) + cells[1], return_index=True)
+    keep = np.zeros(len(x), dtype=bool)
+    keep[first] = True
+    return keep
 
 
 def class_distributions(frame: pd.DataFrame, class_a: str, class_b: str, bins: int = 30) -> bytes:

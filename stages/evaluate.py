@@ -1,14 +1,14 @@
 """evaluate: `predictions:vN` becomes `eval:vN`: metrics.json, the plots and report.html.
 
-Metrics and curves come from report/metrics.py (scikit-learn, every threshold kept), plots
-from report/plots.py, the page from report/html.py. This module only gathers their inputs
+Metrics and curves come from report/metrics.py (every threshold kept; the curves stored
+exactly as curves.npz), plots from report/plots.py, the page from report/html.py (which embeds
+a bounded selection of a large table's rows, so thumbnails are made for those only). This module only gathers their inputs
 from the store: the prediction table, the images for thumbnails, the versions to compare
 and plot across, and the lineage of what is shown. No TensorFlow.
 """
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +75,7 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     from report import plots
     from tables.compare import join_predictions
     from report.html import render_report
-    from report.metrics import compute_metrics
+    from report.metrics import CURVES_FILE, compute_metrics, curves_npz
 
     main = inputs["predictions"]
     classes = main.manifest.meta["classes"]
@@ -101,13 +101,15 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
         labels = (main.ref, other.ref)
         comparison, _ = join_predictions(table, read_predictions(other), *labels)
     html = render_report(title=f"Evaluation of {main.ref}", metrics=metrics, classes=classes, plots=images,
-                         table=table, thumbnails=thumbnails(main, table["id"].tolist(), params, ctx),
-                         lineage=lineage_of(main), comparison=comparison, comparison_labels=labels)
+                         table=table, thumbnails=lambda ids: thumbnails(main, ids, params, ctx),
+                         lineage=lineage_of(main), comparison=comparison, comparison_labels=labels,
+                         table_ref=main.ref)
 
-    # Full-resolution curves are millions of points at 100,000 rows: kept, but apart from the summary.
+    # Full-resolution curves are millions of points at 1,000,000 rows: kept exactly, as counts, apart from
+    # the summary (report/metrics.py: curves_npz, read_curves).
     curves = metrics.pop("curves")
     files = {"metrics.json": ctx.write_object(json.dumps(metrics, indent=1).encode()),
-             "curves.json.gz": ctx.write_object(gzip.compress(json.dumps(curves).encode(), compresslevel=3, mtime=0)),
+             CURVES_FILE: ctx.write_object(curves_npz(curves, classes)),
              "report.html": ctx.write_object(html.encode())}
     files.update({name: ctx.write_object(png) for name, png in images.items()})
     summary = {"accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],

@@ -232,3 +232,45 @@ def test_lineage_is_shown(report):
     page = report["page"]
     assert page.locator("#lineage-table tbody tr").count() == 2
     assert page.get_attribute('#lineage-table tr[data-ref="predictions:v3"] a', "href") == "#lineage-model:v2"
+
+
+def test_a_cut_page_opens_says_what_it_holds_and_filters(report, tmp_path):
+    """Above the embed limit (a small one here): the note, exact group counts with an empty filter,
+    and a filter over the embedded rows that says so."""
+    from tests.test_report_selection import CLASSES as BIG_CLASSES, predictions
+
+    frame = predictions(rows=2_000)
+    other = frame.copy()
+    other.loc[other.index % 3 == 0, "guess"] = "ant"
+    from tables.compare import join_predictions
+
+    joined, _ = join_predictions(frame, other, "predictions:v1", "predictions:v2")
+    html = render_report(title="cut", metrics=compute_metrics(frame, BIG_CLASSES), classes=BIG_CLASSES, plots={},
+                         table=frame, thumbnails=lambda ids: {key: _thumbnail(i) for i, key in enumerate(ids)},
+                         lineage=[], comparison=joined, comparison_labels=("predictions:v1", "predictions:v2"),
+                         table_ref="predictions:v1", embed_limit=500)
+    path = tmp_path / "report.html"
+    path.write_text(html, encoding="utf-8")
+    problems = []
+    if True:  # in the module's browser: Playwright's sync API runs one driver at a time
+        page = report["page"].context.browser.new_page()
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(path.as_uri())
+        page.wait_for_selector("#predictions tbody tr")
+        assert "500 of 2,000 rows" in page.text_content("#embedded-note")
+        assert "python pipeline.py table predictions:v1" in page.text_content("#embedded-note")
+        assert "500 of 2,000 rows" in page.text_content("#cmp-embedded-note")
+        assert page.text_content("#row-count") == "500 of 2,000 rows embedded"
+        page.select_option("#group-by", "truth")
+        counts = {row.get_attribute("data-group"): int(row.query_selector(".count").text_content())
+                  for row in page.query_selector_all("#groups tbody tr")}
+        assert counts["cow"] == int((frame["truth"] == "cow").sum())  # over all 2,000 rows, not the 500
+        assert page.get_attribute("#groups-scope", "data-scope") == "exact"
+        page.fill("#filter", 'x["chosen"] = "mistake"')
+        mistakes = int((frame["truth"].notna() & (frame["truth"] != frame["guess"])).sum())
+        assert int(page.get_attribute("#row-count", "data-count")) == mistakes
+        assert "embedded rows match" in page.text_content("#row-count")
+        assert page.get_attribute("#groups-scope", "data-scope") == "embedded"
+        assert sum(int(cell.text_content()) for cell in page.query_selector_all("#groups tbody .count")) == mistakes
+        page.close()
+    assert problems == []

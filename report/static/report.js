@@ -6,6 +6,11 @@
  * matching rows is put into the DOM at a time; "Show more" adds the next page,
  * so a redraw costs the same at 10,000 rows as at 100, bar the filter pass itself
  * (a few ms). Thumbnails live in one id -> data: URI map; rows look them up by id.
+ *
+ * A large table is embedded in part (report/selection.py): the payload's `total` is the
+ * table's whole size and each group carries `totals`, its exact counts over every row, computed
+ * in Python. Those are shown while the filter is empty; a filter can only search the embedded
+ * rows, and the page then says its counts are over those.
  */
 (function () {
   "use strict";
@@ -24,6 +29,9 @@
     this.display = payload.display;
     this.notes = payload.notes;
     this.rows = payload.rows.map(rowObject(payload.columns));
+    this.total = typeof payload.total === "number" ? payload.total : this.rows.length;
+    this.capped = this.total > this.rows.length;
+    this.groupTotals = {};
     this.scoreColumns = new Set(payload.score_columns);
     this.hasThumbnails = this.columns.indexOf("id") >= 0 && Object.keys(thumbnails).length > 0;
     this.matching = this.rows.slice();
@@ -37,6 +45,7 @@
     this.groupOptions = {};
     payload.groups.forEach(function (group) {
       this.groupOptions[group.column] = group.other;
+      if (group.totals) this.groupTotals[group.column] = group.totals;
       var option = document.createElement("option");
       option.value = group.column;
       option.textContent = group.column + " (with " + group.other + ")";
@@ -138,10 +147,17 @@
     this.renderGroups();
     var count = this.element("row-count");
     var total = this.rows.length;
+    var embedded = this.capped ? " embedded" : "";
     count.setAttribute("data-count", String(this.matching.length));
-    count.textContent = this.matching.length === total
-      ? total.toLocaleString("en") + " rows"
-      : this.matching.length.toLocaleString("en") + " of " + total.toLocaleString("en") + " rows match";
+    count.setAttribute("data-total", String(this.total));
+    if (this.matching.length !== total) {
+      count.textContent = this.matching.length.toLocaleString("en") + " of " + total.toLocaleString("en") +
+        embedded + " rows match";
+    } else if (this.capped) {
+      count.textContent = total.toLocaleString("en") + " of " + this.total.toLocaleString("en") + " rows embedded";
+    } else {
+      count.textContent = total.toLocaleString("en") + " rows";
+    }
   };
 
   DataTable.prototype.renderMore = function () {
@@ -221,10 +237,27 @@
     var body = table.tBodies[0];
     body.textContent = "";
     table.hidden = column === "";
-    if (column === "") return;
+    if (column === "") {
+      this.showScope(this.element("groups-scope"), null, "");
+      return;
+    }
     var other = this.groupOptions[column];
+    var scope = this.element("groups-scope");
+    var unfiltered = this.filterInput.value.trim() === "";
     var groups = new Map();
-    this.matching.forEach(function (row) {
+    if (this.capped && unfiltered && this.groupTotals[column]) {
+      this.groupTotals[column].forEach(function (entry) {
+        groups.set(entry[0], { count: entry[1], others: new Map(entry[2]) });
+      });
+      this.showScope(scope, "exact", "Counts over all " + this.total.toLocaleString("en") + " rows.");
+    } else if (this.capped) {
+      this.showScope(scope, "embedded", "Counts over the " + this.matching.length.toLocaleString("en") +
+        " matching rows of the " + this.rows.length.toLocaleString("en") + " embedded, not over all " +
+        this.total.toLocaleString("en") + " rows.");
+    } else {
+      this.showScope(scope, null, "");
+    }
+    if (!groups.size) this.matching.forEach(function (row) {
       var key = row[column] === null || row[column] === undefined ? null : row[column];
       var group = groups.get(key);
       if (!group) groups.set(key, group = { count: 0, others: new Map() });
@@ -240,6 +273,13 @@
       fragment.appendChild(this.groupRow(column, entry[0], entry[1]));
     }, this);
     body.appendChild(fragment);
+  };
+
+  DataTable.prototype.showScope = function (scope, kind, text) {
+    if (!scope) return;
+    scope.hidden = kind === null;
+    scope.textContent = text;
+    if (kind === null) scope.removeAttribute("data-scope"); else scope.setAttribute("data-scope", kind);
   };
 
   DataTable.prototype.groupRow = function (column, key, group) {
