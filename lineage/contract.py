@@ -123,6 +123,33 @@ class Artifact:
             or Version(source.name, None, source.digest, None, None)
         return Artifact.open(self.store, self.graph, version)
 
+    def rows(self, columns: list[str] | None = None):
+        """Its rows as a pyarrow Table, only the `columns` named (lineage/rows.py FORMATS lists them):
+        a raw-data version's images, a split's (split, label, digest)."""
+        return self.store.read_rows(self.manifest, columns)
+
+    def split_names(self) -> list[str]:
+        """The parts of a split that hold images (train, val, …)."""
+        if self.manifest.rows is None:
+            return [name for name, per_class in self.manifest.splits.items() if any(per_class.values())]
+        import pyarrow.compute as pc
+
+        return sorted(pc.unique(self.rows(["split"]).column("split")).to_pylist())
+
+    def split_digests(self, name: str) -> dict[str, list[str]]:
+        """One part of a split: {class: [object digest, …]}, classes and digests sorted."""
+        if self.manifest.rows is None:
+            return {label: sorted(d) for label, d in sorted(self.manifest.splits.get(name, {}).items())}
+        import pyarrow.compute as pc
+
+        table = self.rows(["split", "label", "digest"])
+        part = table.filter(pc.equal(table.column("split"), name)).sort_by([("label", "ascending"),
+                                                                            ("digest", "ascending")])
+        by_class: dict[str, list[str]] = {}
+        for label, digest in zip(part.column("label").to_pylist(), part.column("digest").to_pylist()):
+            by_class.setdefault(label, []).append(digest)
+        return by_class
+
     @contextlib.contextmanager
     def named_file(self, name: str) -> Iterator[Path]:
         """The file under its own name (a symlink in tmp/), for readers that insist on an extension."""

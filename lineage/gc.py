@@ -111,7 +111,7 @@ def _live_objects(store: Store, live: set[VersionRef]) -> set[str]:
             raise UserError(f"manifest {path} of a live version {FOREIGN}, then re-run the stage that made "
                             f"{ref.name} with --force; gc will not guess which objects it needs")
         try:
-            referenced.update(store.read_manifest(ref).referenced_objects())
+            referenced.update(store.referenced_objects(store.read_manifest(ref)))
         except UserError as error:
             raise UserError(f"gc cannot tell which objects {ref.short} needs ({error}); nothing was removed") from None
     return referenced
@@ -119,9 +119,13 @@ def _live_objects(store: Store, live: set[VersionRef]) -> set[str]:
 
 def _objects_named(store: Store, ref: VersionRef) -> set[str]:
     try:
-        return set(store.read_manifest(ref).referenced_objects())
+        manifest = store.read_manifest(ref)
     except UserError:  # a damaged orphan protects nothing
         return set()
+    try:
+        return set(store.referenced_objects(manifest))
+    except UserError:  # its rows object is damaged: it protects that object and its files
+        return set(manifest.inline_objects())
 
 
 def object_files(store: Store, foreign: list[str] | None = None) -> Iterator[tuple[str, Path]]:

@@ -10,8 +10,9 @@ file and the command that repairs it.
 Each kind of record is a dataclass with one reader, `from_json`, which runs its check, and one
 writer, `to_json`, which gives back exactly the dict the store holds: a manifest's digest is the
 hash of those bytes, so a manifest read and written again keeps its digest. Rows that come by the
-hundred thousand (a raw-data version's entries, a split's digests) stay plain lists and dicts,
-typed by TypedDict: a cache hit reads a split manifest and must not build an object per image.
+hundred thousand (a raw-data version's entries, a split's digests) live in a columnar object that the
+manifest names (`RowsRef`, lineage/rows.py); manifests written before that hold them inline, as plain
+lists and dicts typed by TypedDict, and are read (and written back) as they are.
 """
 
 from __future__ import annotations
@@ -82,9 +83,26 @@ def check_manifest(value: Any, name: str) -> dict:
             raise CorruptRecord(f"its file {_short(file_name)} has a bad digest or size")
     if value.get("source") is not None:
         check_ref(value["source"], "its source")
+    if "rows" in value:
+        check_rows(value["rows"])
+        if "entries" in value:
+            raise CorruptRecord("it has both entries and rows")
     if not isinstance(value.get("meta", {}), dict):
         raise CorruptRecord("its meta is not an object")
     return value
+
+
+ROW_FORMATS = ("images-v1", "splits-v1")  # lineage/rows.py FORMATS: a raw-data version's images, a split's digests
+
+
+def check_rows(rows: Any) -> None:
+    """A reference to a version's rows object (lineage/rows.py): its format, count, stream digest, object."""
+    if not isinstance(rows, dict):
+        raise CorruptRecord("its rows are not an object")
+    if rows.get("format") not in ROW_FORMATS:
+        raise CorruptRecord(f"its rows have an unknown format {_short(rows.get('format'))}")
+    if not _is_count(rows.get("count")) or not is_digest(rows.get("digest")) or not is_digest(rows.get("object")):
+        raise CorruptRecord("its rows have a bad count, digest or object")
 
 
 def _check_entries(entries: Any) -> None:
@@ -193,6 +211,20 @@ class FileRef(NamedTuple):
         return {"digest": self.digest, "size": self.size}
 
 
+class RowsRef(NamedTuple):
+    """A version's rows, stored as a columnar object (lineage/rows.py): what they are, how many, the digest
+    of their canonical stream (part of the version's digest) and the Parquet object that holds them (not
+    part of it: another pyarrow writes other bytes for the same rows)."""
+
+    format: str
+    count: int
+    digest: str
+    object: str
+
+    def to_json(self) -> dict:
+        return {"format": self.format, "count": self.count, "digest": self.digest, "object": self.object}
+
+
 class EntryRow(TypedDict, total=False):
     """One image of a raw-data version (ingest writes every key; a check needs only digest)."""
 
@@ -209,7 +241,7 @@ SplitName = Literal["train", "val", "test"]  # the parts of a split: what split 
 SPLIT_NAMES: tuple[str, ...] = get_args(SplitName)
 SplitDigests = dict[SplitName, dict[str, list[str]]]  # {split name: {class: [object digest, …]}}
 
-_MANIFEST_KEYS = ("name", "entries", "files", "source", "meta")
+_MANIFEST_KEYS = ("name", "entries", "rows", "files", "source", "meta")
 
 
 @dataclass
@@ -218,7 +250,11 @@ class Manifest:
 
     The JSON key "entries" holds one of two shapes, read here as two attributes so that no reader
     tests which: `entries`, a raw-data version's rows, and `splits`, a split's digests. Versions with
-    named files (model, predictions, eval) have `files`; one cut from another names it as `source`."""
+    named files (model, predictions, eval) have `files`; one cut from another names it as `source`.
+
+    Those two hold the rows of a manifest in the old, inline form, and of a new one before it is written:
+    `Store.write_manifest` moves them to a columnar object named by `rows`, and a manifest read in that form
+    has `rows` and empty `entries` and `splits`. Read rows through `Store.read_rows`, which takes either."""
 
     name: str
     entries: list[EntryRow] = field(default_factory=list)
@@ -226,6 +262,7 @@ class Manifest:
     files: dict[str, FileRef] = field(default_factory=dict)
     source: VersionRef | None = None
     meta: dict = field(default_factory=dict)
+    rows: RowsRef | None = None
     # Which keys the stored JSON has ("splits" standing for an "entries" that holds a split) and any keys
     # this code does not know, so a manifest read from the store writes back the very bytes it was read
     # from. None for a new manifest: its keys follow from its values, as the stages always wrote them.
@@ -239,18 +276,23 @@ class Manifest:
         rows = value.get("entries", [])
         is_split = isinstance(rows, dict)
         source = value.get("source")
+        rows_ref = value.get("rows")
         return cls(name,
                    entries=[] if is_split else rows, splits=rows if is_split else {},
                    files={n: FileRef(f["digest"], f.get("size", 0)) for n, f in value.get("files", {}).items()},
                    source=None if source is None else VersionRef(source["name"], source["digest"]),
                    meta=value.get("meta", {}),
+                   rows=None if rows_ref is None else RowsRef(rows_ref["format"], rows_ref["count"],
+                                                              rows_ref["digest"], rows_ref["object"]),
                    json_keys=frozenset("splits" if key == "entries" and is_split else key for key in value),
                    unknown={key: item for key, item in value.items() if key not in _MANIFEST_KEYS})
 
     def to_json(self) -> dict:
         keys = self.json_keys if self.json_keys is not None else self._keys_of_values()
         value: dict[str, Any] = {"name": self.name, **self.unknown}
-        if "splits" in keys:
+        if "rows" in keys:
+            value["rows"] = self.rows.to_json()
+        elif "splits" in keys:
             value["entries"] = self.splits
         elif "entries" in keys:
             value["entries"] = self.entries
@@ -264,7 +306,9 @@ class Manifest:
 
     def _keys_of_values(self) -> set[str]:
         keys = {"meta"}
-        if self.splits:
+        if self.rows is not None:
+            keys.add("rows")
+        elif self.splits:
             keys.add("splits")
         elif self.entries:
             keys.add("entries")
@@ -277,20 +321,32 @@ class Manifest:
     def file(self, name: str) -> FileRef | None:
         return self.files.get(name)
 
-    def referenced_objects(self) -> list[str]:
-        """Every object digest the version needs: its files', its entries' and its split's."""
+    def inline_objects(self) -> list[str]:
+        """The object digests this JSON names itself: its files', its inline entries' and split's, its rows
+        object. A version's rows object names more: `Store.referenced_objects` adds those."""
         digests = [item.digest for item in self.files.values()]
+        if self.rows is not None:
+            digests.append(self.rows.object)
         digests += [d for per_class in self.splits.values() for chunk in per_class.values() for d in chunk]
         digests += [entry["digest"] for entry in self.entries]
         return digests
 
+    @property
+    def owns_rows(self) -> bool:
+        """Its rows' digests are objects its own stage wrote (a raw-data version's images), not references
+        to another version's (a split's)."""
+        return bool(self.entries) or self.rows is not None and self.rows.format == "images-v1"
+
     def owned_objects(self) -> list[str]:
         """The objects the stage that made this version wrote: its files and its entries' images. A split
         only refers to raw-data's images; re-running split writes none of them."""
-        return [item.digest for item in self.files.values()] + [entry["digest"] for entry in self.entries]
+        owned = [item.digest for item in self.files.values()] + [entry["digest"] for entry in self.entries]
+        return owned + ([self.rows.object] if self.rows is not None else [])
 
     def entry_count(self) -> int:
         """Images in a split or a raw-data version, else its named files: the count `ls` shows."""
+        if self.rows is not None:
+            return self.rows.count
         if self.splits:
             return sum(len(chunk) for per_class in self.splits.values() for chunk in per_class.values())
         return len(self.entries) or len(self.files)

@@ -57,6 +57,7 @@ def _run_and_commit(store: Store, stage: Stage, params: Any, the_plan: Plan, gra
                     force: bool, aliases: list[str], log: Callable[[str], None], progress: bool) -> RunResult:
     started = now()
     t0 = time.perf_counter()
+    before = graph
     inputs = {name: Artifact.open(store, graph, v) for name, v in the_plan.inputs.items()}
     context = StageContext(store, stage.NAME, log, progress, force=force)
     record = _run_record(run_id, the_plan, started)
@@ -87,7 +88,27 @@ def _run_and_commit(store: Store, stage: Stage, params: Any, the_plan: Plan, gra
             error.committed_refs = [o.key.short for o in record.outputs]
         raise
     versions = [graph.find(o.name, o.digest) for o in record.outputs]
+    for output, version in zip(outputs, versions):
+        if output.manifest.rows is not None:
+            _note_new_manifest_form(store, before, version, log)
     return RunResult(stage.NAME, versions, reused=False, run_id=run_id)
+
+
+def _note_new_manifest_form(store: Store, before: Graph, version: Version, log: Callable[[str], None]) -> None:
+    """The first version written with its rows in a columnar object after one with its rows inline (a store
+    made by an earlier version of this code) has a new digest even for the same content: say so, once."""
+    chain = before.versions.get(version.name, [])
+    latest = next((v for v in chain if "latest" in v.aliases), None)
+    if latest is None or latest.digest == version.digest:
+        return
+    try:
+        with open(store.manifest_path(latest.key), "rb") as handle:  # canonical JSON: "entries" sorts first
+            inline = handle.read(11) == b'{"entries":'
+    except OSError:
+        return
+    if inline:
+        log(f"note: {version.ref} keeps its rows in a columnar object, a manifest form newer than {latest.ref}'s, "
+            f"so its digest differs from {latest.ref}'s even where the content is the same; nothing needs doing")
 
 
 def _reuse(store: Store, graph: Graph, the_plan: Plan, aliases: list[str]) -> RunResult | None:
@@ -151,7 +172,10 @@ def outputs_intact(store: Store, version: Version) -> bool:
     """The manifest and every object it names are present (not re-hashed: that is `verify`)."""
     if not store.manifest_path(version.key).exists():
         return False
-    return not store.missing_objects(store.read_manifest(version.key).referenced_objects())
+    manifest = store.read_manifest(version.key)
+    if store.missing_objects(manifest.inline_objects()):
+        return False
+    return not store.missing_objects(store.referenced_objects(manifest, cached=True))
 
 
 def _run_record(run_id: str, the_plan: Plan, started: str) -> RunRecord:

@@ -4,7 +4,8 @@ Layout (see docs/architecture.md):
 
     objects/sha256/ab/cdef…          one immutable blob per distinct content
     manifests/<name>/<digest>.json   one immutable manifest per artifact version; <digest> is the
-                                     sha256 of the file's own bytes, so verify can re-hash it
+                                     sha256 of its canonical bytes, less the name of its rows
+                                     object (lineage/rows.py), so verify can re-hash it
     runs/<run-id>.json               one record per stage run: the commit point of a run
     lineage.json                     the graph, derived from manifests/ and runs/ (lineage/graph.py)
     cache/                           derived and disposable
@@ -30,7 +31,8 @@ from typing import Any, Iterator
 
 from lineage.atomic import write_atomic
 from lineage.errors import UserError
-from lineage.records import CorruptRecord, Manifest, RunRecord, VersionRef, is_digest, is_name, parse_json
+from lineage.records import (CorruptRecord, Manifest, RowsRef, RunRecord, VersionRef, is_digest, is_name,
+                              parse_json)
 
 HASH_CHUNK = 1 << 20
 STORE_MARKER = "objects"
@@ -39,6 +41,15 @@ STORE_MARKER = "objects"
 def canonical_json(value: Any) -> bytes:
     """The one byte form of a JSON value that its digest is taken over."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def manifest_digest(value: dict) -> str:
+    """A version's digest: the sha256 of its manifest's canonical JSON, less the name of its rows object (the
+    Parquet bytes vary with the library that wrote them; the rows' stream digest, which stays, does not)."""
+    rows = value.get("rows")
+    if isinstance(rows, dict) and "object" in rows:
+        value = {**value, "rows": {key: item for key, item in rows.items() if key != "object"}}
+    return sha256_bytes(canonical_json(value))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -67,11 +78,12 @@ class Store:
         self.lock_path = self.root / "lock"
         self.quarantine_dir = self.root / "quarantine"  # damaged files moved aside by `verify --repair`
         self._objects_prefix = f"{self.objects_dir}/"
-        self._present: set[str] = set()  # objects seen by missing_objects: they are never removed mid-run
         # Checked manifests by (name, digest): a manifest's name is the hash of its bytes, so one that has
         # passed the check once is the same wherever it is read again in this process.
         self._manifests: dict[VersionRef, Manifest] = {}
-        self._listed: set[str] = set()
+        # Object folder listings by two-digit prefix (names without the prefix), made by missing_objects: for
+        # many objects one listdir per prefix beats a stat per object.
+        self._listed: dict[str, set[str]] = {}
 
     # -- opening -----------------------------------------------------------------------
 
@@ -108,7 +120,6 @@ class Store:
     def forget_listings(self) -> None:
         """Forget which objects were seen present: a run calls this when it takes its hold on the store,
         as gc may have swept between two runs of one process (see lineage/inprogress.py)."""
-        self._present.clear()
         self._listed.clear()
 
     # -- atomic writes -----------------------------------------------------------------
@@ -149,14 +160,13 @@ class Store:
         """Which of these objects are absent. For many, one listdir per prefix beats a stat per object."""
         if len(digests) < 512:
             return [d for d in digests if not os.path.exists(self._object_file(d))]
-        missing = [d for d in digests if d not in self._present]
-        for prefix in {d[:2] for d in missing} - self._listed:  # each folder listed once per process
-            self._listed.add(prefix)
+        listed = self._listed
+        for prefix in {d[:2] for d in digests} - listed.keys():  # each folder listed once per process
             try:
-                self._present.update(prefix + name for name in os.listdir(f"{self._objects_prefix}{prefix}"))
+                listed[prefix] = set(os.listdir(f"{self._objects_prefix}{prefix}"))
             except FileNotFoundError:
-                pass
-        return [d for d in missing if d not in self._present]
+                listed[prefix] = set()
+        return [d for d in digests if d[2:] not in listed[d[:2]]]
 
     def write_object(self, data: bytes, digest: str | None = None, link_from: str | None = None,
                      recheck: bool = False) -> str:
@@ -247,10 +257,16 @@ class Store:
         return self.manifests_dir / ref.name / f"{ref.digest}.json"
 
     def write_manifest(self, manifest: Manifest) -> VersionRef:
-        """Write a version's manifest; its digest is the hash of its canonical bytes. One already there
-        is kept only if it holds exactly these bytes: a damaged one is rewritten, atomically."""
-        data = canonical_json(manifest.to_json())
-        ref = VersionRef(manifest.name, sha256_bytes(data))
+        """Write a version's manifest; its digest is the hash of its canonical bytes (`manifest_digest`). One
+        already there is kept only if it holds exactly these bytes: a damaged one is rewritten, atomically.
+
+        A new manifest's rows (`entries` or `splits`) go to a columnar object first (lineage/rows.py); a
+        manifest read from the store is written back in the form it was read in, so its digest stays."""
+        if manifest.json_keys is None and manifest.rows is None and (manifest.entries or manifest.splits):
+            manifest.rows = self.write_rows(manifest)
+        value = manifest.to_json()
+        data = canonical_json(value)
+        ref = VersionRef(manifest.name, manifest_digest(value))
         path = self.manifest_path(ref)
         try:
             intact = not path.is_symlink() and path.read_bytes() == data
@@ -266,10 +282,137 @@ class Store:
         if ref in self._manifests:
             return self._manifests[ref]
         data = _record_bytes(self.manifest_path(ref))
-        if sha256_bytes(data) != ref.digest:
-            raise CorruptRecord("its bytes no longer hash to its name")
-        manifest = self._manifests[ref] = Manifest.from_json(parse_json(data), ref.name)
+        if sha256_bytes(data) == ref.digest:  # the old, inline form
+            value = parse_json(data)
+        else:  # a manifest with rows: its digest leaves out the rows object's name
+            try:
+                value = parse_json(data)
+            except CorruptRecord:
+                value = None
+            if not (isinstance(value, dict) and "rows" in value and manifest_digest(value) == ref.digest):
+                raise CorruptRecord("its bytes no longer hash to its name")
+        manifest = self._manifests[ref] = Manifest.from_json(value, ref.name)
         return manifest
+
+    # -- a version's rows (lineage/rows.py) --------------------------------------------
+
+    def write_rows(self, manifest: Manifest, **parquet_settings) -> RowsRef:
+        """Store a new manifest's rows as a Parquet object; returns the reference its JSON keeps."""
+        from lineage import rows
+
+        if manifest.splits:
+            fmt, table = "splits-v1", rows.splits_table(manifest.splits)
+        else:
+            fmt, table = "images-v1", rows.images_table(manifest.entries)
+        staging = str(self.temp_path(".parquet"))
+        rows.write_parquet(table, staging, **parquet_settings)
+        digest, _ = self.copy_object(staging, recheck=True)  # a damaged rows object is replaced by any re-run
+        if os.path.exists(staging):
+            os.unlink(staging)
+        ref = RowsRef(fmt, table.num_rows, rows.stream_digest(fmt, [table]), digest)
+        if "digest" in table.column_names:
+            self._write_digest_cache(ref, table.column("digest").to_pylist())
+        return ref
+
+    def read_rows(self, manifest: Manifest, columns: list[str] | None = None):
+        """A version's rows as a pyarrow Table (only `columns`, if named): from its rows object, or built from
+        an old manifest's inline entries. The object must hash to its name; a missing or damaged one is a
+        UserError naming the fix. (That its rows hash to the manifest's stream digest is `verify`'s check.)"""
+        from lineage import rows
+
+        if manifest.rows is None:
+            table = rows.splits_table(manifest.splits) if manifest.splits else rows.images_table(manifest.entries) \
+                if manifest.entries else None
+            if table is None:
+                raise UserError(f"{manifest.name} holds no rows: only raw-data and split versions have them")
+            return table.select(columns) if columns else table
+        path = self._rows_object(manifest.rows)
+        try:
+            return rows.read_table(path, manifest.rows.format, manifest.rows.count, columns)
+        except CorruptRecord as why:
+            raise UserError(f"rows object {path} of {manifest.name} is damaged ({why}): run `pipeline.py verify`, "
+                            "which names the stage to re-run") from None
+
+    def _rows_object(self, ref: RowsRef) -> str:
+        """The rows object's path, once its bytes are checked against its name (one read, as read_object)."""
+        path = self._object_file(ref.object)
+        try:
+            actual = sha256_file_no_follow(path)
+        except FileNotFoundError:
+            raise UserError(f"rows object {ref.object[:12]} is missing from the store: run `pipeline.py verify`") \
+                from None
+        except OSError as error:
+            raise UserError(f"rows object {path} is unreadable ({error.strerror}): run `pipeline.py verify`") from None
+        if actual != ref.object:
+            raise UserError(f"rows object {path} is corrupt: its bytes no longer hash to its name; "
+                            "run `pipeline.py verify` to see which stage rewrites it")
+        return path
+
+    def row_digests(self, manifest: Manifest, cached: bool = False) -> list[str]:
+        """The object digests a version's rows name (images, for raw-data and a split). With `cached`, from a
+        plain file under cache/rows/ when one is there: a no-op `run` checks presence without pyarrow. Only
+        for that: gc and verify read the rows object itself (a cache file is not evidence)."""
+        if manifest.rows is None:
+            return [d for per_class in manifest.splits.values() for chunk in per_class.values() for d in chunk] \
+                + [entry["digest"] for entry in manifest.entries]
+        if cached:
+            digests = self._read_digest_cache(manifest.rows)
+            if digests is not None:
+                return digests
+        digests = self.read_rows(manifest, ["digest"]).column("digest").to_pylist()
+        self._write_digest_cache(manifest.rows, digests)
+        return digests
+
+    def referenced_objects(self, manifest: Manifest, cached: bool = False) -> list[str]:
+        """Every object a version needs: its files, its rows object and the objects its rows name."""
+        return manifest.inline_objects() + (self.row_digests(manifest, cached) if manifest.rows is not None else [])
+
+    def owned_objects(self, manifest: Manifest) -> list[str]:
+        """The objects the stage that made the version wrote: its files, rows object and, for raw-data, its
+        images (a split only refers to raw-data's; re-running split writes none of them)."""
+        owned = manifest.owned_objects()
+        return owned + self.row_digests(manifest) if manifest.rows is not None and manifest.owns_rows else owned
+
+    def rows_problem(self, manifest: Manifest) -> str | None:
+        """What is wrong with a version's rows object, or None: it is read batch by batch (bounded memory)
+        and its canonical stream must hash to the digest the manifest (and so the version's name) holds."""
+        from lineage import rows
+
+        if manifest.rows is None:
+            return None
+        path = self._object_file(manifest.rows.object)
+        try:
+            actual = rows.stream_digest(manifest.rows.format,
+                                        rows.iter_batches(path, manifest.rows.format, manifest.rows.count))
+        except CorruptRecord as why:
+            return str(why)
+        except OSError as error:
+            return f"unreadable: {error.strerror}"
+        if actual != manifest.rows.digest:
+            return f"its rows hash to {actual[:12]}, not to the {manifest.rows.digest[:12]} its manifest names"
+        return None
+
+    def _digest_cache_path(self, ref: RowsRef) -> str:
+        return f"{self.cache_dir}/rows/{ref.object}.digests"
+
+    def _write_digest_cache(self, ref: RowsRef, digests: list[str]) -> None:
+        """32 bytes per digest, in row order: read back without pyarrow or numpy."""
+        path = Path(self._digest_cache_path(ref))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.write_atomic(path, bytes.fromhex("".join(digests)), durable=False)
+        except OSError:  # a cache that cannot be written is recomputed next time
+            pass
+
+    def _read_digest_cache(self, ref: RowsRef) -> list[str] | None:
+        try:
+            data = read_no_follow(Path(self._digest_cache_path(ref)))
+        except OSError:
+            return None
+        if len(data) != 32 * ref.count:
+            return None
+        text = data.hex()
+        return [text[start:start + 64] for start in range(0, len(text), 64)]
 
     def read_manifest(self, ref: VersionRef) -> Manifest:
         """A version's manifest; a missing or damaged one is a UserError that says how to rewrite it."""
@@ -403,6 +546,16 @@ def _record_bytes(path: Path) -> bytes:
         raise
     except OSError as error:
         raise CorruptRecord(f"unreadable: {error.strerror}") from None
+
+
+def sha256_file_no_follow(path: str) -> str:
+    """sha256_file, refusing a symlink (ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    digest = hashlib.sha256()
+    with os.fdopen(fd, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_no_follow(path: Path) -> bytes:

@@ -55,17 +55,18 @@ def verify(store: Store, workers: int = 4) -> Report:
         pass  # a damaged run record: reported below, with its fix
     records = _check_runs(store, report)
     producers = {o.key: r.stage for r in records if r.status == "finished" for o in r.outputs}
+    live = set(producers) | store.quarantined_versions()  # what gc keeps (lineage/gc.py live_versions)
     bad_objects = _check_objects(store, report, workers)
     readable = _check_manifests(store, report, records)
-    _name_object_fixes(report, bad_objects, readable, producers)
+    live_rows, rows_unread = _check_rows(store, report, records, readable, bad_objects, live)
+    _name_object_fixes(store, report, bad_objects, readable, producers)
     _check_run_references(store, report, records, readable, producers)
     if len(records) == report.checked_runs:
         _check_graph(store, report)
-    live = set(producers) | store.quarantined_versions()  # what gc keeps (lineage/gc.py live_versions)
     report.garbage_manifests = len(set(readable) - live)
     # While a live manifest is unreadable, which objects it needs is unknown: none is counted as garbage.
-    unknown = any(key not in readable for key in live)
-    report.garbage_objects = 0 if unknown else len(_unreferenced(store, readable, live))
+    unknown = any(key not in readable or key in rows_unread for key in live)
+    report.garbage_objects = 0 if unknown else len(_unreferenced(store, readable, live, live_rows))
     report.staging_leftovers = sum(1 for _ in store.tmp_dir.iterdir()) if store.tmp_dir.exists() else 0
     return report
 
@@ -80,34 +81,46 @@ def _check_runs(store: Store, report: Report) -> list[RunRecord]:
 
 
 def _check_objects(store: Store, report: Report, workers: int) -> dict[str, tuple[Path, str]]:
-    """Re-hash every object; returns digest → (path, what is wrong) for the damaged ones."""
-    files, bad = [], {}
+    """Re-hash every object; returns digest → (path, what is wrong) for the damaged ones. One task per
+    two-digit folder, each listing and hashing its own: memory holds a folder's listing per thread, never a
+    future or a path per object (a million of those cost gigabytes)."""
+    bad: dict[str, tuple[Path, str]] = {}
+    folders = []
     for prefix in _entries(store.objects_dir):
         if not prefix.is_dir(follow_symlinks=False):
             report.add("objects", Path(prefix.path), f"{prefix.path} is not an object folder",
                        "`pipeline.py verify --repair` moves it to quarantine/")
             continue
-        for entry in _entries(prefix.path):
-            name = prefix.name + entry.name
-            if not is_digest(name):
-                report.add("objects", Path(entry.path), f"{entry.path} is not an object (its name is no digest)",
-                           "`pipeline.py verify --repair` moves it to quarantine/")
-            elif entry.is_symlink() or not entry.is_file(follow_symlinks=False):
-                bad[name] = (Path(entry.path), "a symlink or folder, not a file: the store never makes one")
-            else:
-                files.append((name, Path(entry.path)))
+        folders.append((prefix.name, prefix.path))
 
-    def check(item: tuple[str, Path]) -> tuple[str, Path, str | None]:
-        digest, path = item
-        try:
-            actual = sha256_file(path)
-        except OSError as error:
-            return digest, path, f"unreadable: {error.strerror}"
-        return digest, path, None if actual == digest else f"its bytes hash to {actual[:12]}"
+    def check_folder(folder: tuple[str, str]) -> tuple[list[str], list[tuple[str, str, str]], int]:
+        prefix, path = folder
+        strays, damaged, count = [], [], 0
+        for entry in _entries(path):
+            name = prefix + entry.name
+            if not is_digest(name):
+                strays.append(entry.path)
+                continue
+            count += 1
+            if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                damaged.append((name, entry.path, "a symlink or folder, not a file: the store never makes one"))
+                continue
+            try:
+                actual = sha256_file(entry.path)
+            except OSError as error:
+                damaged.append((name, entry.path, f"unreadable: {error.strerror}"))
+                continue
+            if actual != name:
+                damaged.append((name, entry.path, f"its bytes hash to {actual[:12]}"))
+        return strays, damaged, count
 
     with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: threads hash in parallel
-        bad.update({digest: (path, why) for digest, path, why in pool.map(check, files) if why})
-    report.checked_objects = len(files) + len(bad)
+        for strays, damaged, count in pool.map(check_folder, folders):
+            for path in strays:
+                report.add("objects", Path(path), f"{path} is not an object (its name is no digest)",
+                           "`pipeline.py verify --repair` moves it to quarantine/")
+            bad.update((name, (Path(path), why)) for name, path, why in damaged)
+            report.checked_objects += count
     return bad
 
 
@@ -133,21 +146,58 @@ def _check_manifests(store: Store, report: Report, records: list[RunRecord]) -> 
                 readable[ref] = store.read_manifest_or_corrupt(ref)
             except (CorruptRecord, FileNotFoundError) as why:
                 report.add("manifests", path, f"manifest {path} is corrupt ({why})", store.manifest_fix(ref, records))
-    for ref, manifest in readable.items():
-        missing = store.missing_objects(manifest.referenced_objects())
-        if missing:
-            report.problems.append(f"manifest {ref.short} references {len(missing)} missing object(s), "
-                                   f"first {missing[0][:12]}: {store.manifest_fix(ref, records)}")
     return readable
 
 
-def _name_object_fixes(report: Report, bad: dict[str, tuple[Path, str]], readable: dict[VersionRef, Manifest],
-                       producers: dict[VersionRef, str]) -> None:
+def _check_rows(store: Store, report: Report, records: list[RunRecord], readable: dict[VersionRef, Manifest],
+                bad: dict[str, tuple[Path, str]], live: set[VersionRef]) -> tuple[set[str], set[VersionRef]]:
+    """Every object a readable manifest names must be present, and a rows object must hold the rows whose
+    stream digest the manifest (so the version's name) holds: a manifest edited to name another valid
+    Parquet object keeps its digest, as the object's name is not part of it. Returns the object digests
+    live versions' rows name (one set: a split names raw-data's images again), and the versions whose rows
+    could not be read."""
+    live_rows: set[str] = set()
+    unread: set[VersionRef] = set()
+    for ref, manifest in readable.items():
+        named = manifest.inline_objects()
+        rows = manifest.rows
+        if rows is not None:
+            unread.add(ref)
+        if rows is not None and rows.object not in bad and not store.missing_objects([rows.object]):
+            why = store.rows_problem(manifest)
+            if why is None:
+                unread.discard(ref)
+                digests = store.row_digests(manifest)
+                if ref in live:
+                    live_rows.update(digests)
+                named = named + digests
+                del digests
+            else:
+                path = store.manifest_path(ref)
+                report.add("manifests", path, f"manifest {path} names rows object {rows.object[:12]}, which does "
+                           f"not hold its rows ({why})", store.manifest_fix(ref, records))
+        elif rows is None:
+            named = store.referenced_objects(manifest)
+        missing = store.missing_objects(named)
+        if missing:
+            report.problems.append(f"manifest {ref.short} references {len(missing)} missing object(s), "
+                                   f"first {missing[0][:12]}: {store.manifest_fix(ref, records)}")
+    return live_rows, unread
+
+
+def _name_object_fixes(store: Store, report: Report, bad: dict[str, tuple[Path, str]],
+                       readable: dict[VersionRef, Manifest], producers: dict[VersionRef, str]) -> None:
     """Each damaged object, with the stage that rewrites it: the one whose version holds it as an entry
     or file (a split only refers to raw-data's images; re-running split writes none of them)."""
     owners: dict[str, set[str]] = {}
     for key, manifest in readable.items():
-        for digest in manifest.owned_objects():
+        owned = manifest.owned_objects()
+        if bad and manifest.rows is not None and manifest.owns_rows and manifest.rows.object not in bad:
+            try:
+                owned = store.owned_objects(manifest)
+            except UserError:  # a rows object that cannot be read is reported on its own
+                pass
+        for digest in owned:
             if digest in bad and key in producers:
                 owners.setdefault(digest, set()).add(producers[key])
     for digest, (path, why) in sorted(bad.items()):
@@ -197,9 +247,10 @@ def _check_graph(store: Store, report: Report) -> None:
         report.graph_damaged = True
 
 
-def _unreferenced(store: Store, readable: dict[VersionRef, Manifest], live: set[VersionRef]) -> list[str]:
-    referenced = {d for key in live if key in readable for d in readable[key].referenced_objects()}
-    return [digest for digest, _ in object_files(store) if digest not in referenced]
+def _unreferenced(store: Store, readable: dict[VersionRef, Manifest], live: set[VersionRef],
+                  live_rows: set[str]) -> list[str]:
+    referenced = {d for key in live if key in readable for d in readable[key].inline_objects()}
+    return [digest for digest, _ in object_files(store) if digest not in referenced and digest not in live_rows]
 
 
 def _entries(folder: str | Path) -> list[os.DirEntry]:

@@ -27,9 +27,10 @@ class SplitImages:
 def load_split_images(split: Artifact, name: str, classes: list[str], size: int, resize: str,
                       ctx: StageContext) -> SplitImages:
     """Decode one split's images, in a fixed order (class, then digest)."""
-    paths_by_digest = {e["digest"]: e["path"] for e in split.source().manifest.entries}
+    source_rows = split.source().rows(["digest", "path"])
+    paths_by_digest = dict(zip(source_rows.column("digest").to_pylist(), source_rows.column("path").to_pylist()))
     ids, truths = [], []
-    for label, digests in sorted(split.manifest.splits.get(name, {}).items()):
+    for label, digests in split.split_digests(name).items():
         ids += digests
         truths += [label] * len(digests)
     cache = ctx.cache_dir("images") / f"{split.digest[:24]}-{name}-{size}-{resize}.npy"

@@ -70,9 +70,9 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
         if split.manifest.meta["classes"] != classes:
             raise UserError(f"{model_artifact.ref} was trained on classes {classes}, but {split.ref} has "
                             f"{split.manifest.meta['classes']}: infer on a split of the same raw data")
-        if not split.manifest.splits.get(params.on):
+        if params.on not in split.split_names():
             raise UserError(f"{split.ref} has no {params.on} split (it has "
-                            f"{', '.join(split.manifest.splits)}): set infer.on")
+                            f"{', '.join(split.split_names())}): set infer.on")
         images = load_split_images(split, params.on, classes, meta["input_size"], meta["resize"], ctx)
         where, made_with = params.on, {"split": split.ref}
     if not images.ids:

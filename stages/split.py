@@ -67,8 +67,14 @@ def fingerprint(params: Params) -> None:
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
     raw = inputs["raw-data"]
     by_class: dict[str, list[str]] = defaultdict(list)
-    for entry in raw.manifest.entries:
-        by_class[entry["label"]].append(entry["digest"])
+    import pyarrow.compute as pc
+
+    # One class at a time, filtered in Arrow: no label string or tuple per image in Python.
+    rows = raw.rows(["label", "digest"])
+    labels = rows.column("label")
+    for label in pc.unique(labels).to_pylist():
+        by_class[label] = rows.filter(pc.equal(labels, label)).column("digest").to_pylist()
+    del rows, labels
     sizes = {label: len(digests) for label, digests in sorted(by_class.items())}
     wanted = split_counts(sizes, params, ctx.log)
 

@@ -104,7 +104,7 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     from tables.predictions import prediction_output
 
     split = inputs["split"]
-    if not split.manifest.splits.get("val"):
+    if "val" not in split.split_names():
         raise UserError(f"{split.ref} has no val split, which training needs for checkpoints and early stopping: "
                         "split again with e.g. --set 'split.per_class={train: 0.8, val: 0.1, test: 0.1}'")
     backbone = get_backbone(params.backbone)

@@ -75,3 +75,22 @@ def tensorflow_imports(result: subprocess.CompletedProcess) -> list[str]:
 
 def pytest_configure(config):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def stored_rows(store, manifest: dict):
+    """A manifest's rows (as stored: a dict read from manifests/) in the old inline shape, for checks on
+    small versions: a raw-data version's list of row dicts, a split's {split: {class: [digest, …]}}.
+    `store` is the store's folder or a Store."""
+    import pyarrow.parquet as pq
+
+    if "rows" not in manifest:
+        return manifest.get("entries", [])
+    root = store if isinstance(store, Path) else Path(store.root)
+    digest = manifest["rows"]["object"]
+    table = pq.read_table(root / "objects" / "sha256" / digest[:2] / digest[2:])
+    if manifest["rows"]["format"] == "images-v1":
+        return table.to_pylist()
+    splits: dict = {}
+    for row in table.to_pylist():
+        splits.setdefault(row["split"], {}).setdefault(row["label"], []).append(row["digest"])
+    return splits

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROJECT, make_class_folders, run_cli, write_image
+from conftest import PROJECT, make_class_folders, run_cli, stored_rows, write_image
 
 YEARS_AGO = time.time() - 5 * 365 * 86400
 
@@ -91,8 +91,9 @@ def _committed_versions_complete(store: Path) -> int:
             continue
         for output in record["outputs"]:
             manifest = json.loads((store / "manifests" / output["name"] / f"{output['digest']}.json").read_bytes())
-            digests = [e["digest"] for e in manifest.get("entries", [])] + \
-                      [f["digest"] for f in manifest.get("files", {}).values()]
+            digests = [e["digest"] for e in stored_rows(store, manifest) if isinstance(e, dict)] + \
+                      [f["digest"] for f in manifest.get("files", {}).values()] + \
+                      ([manifest["rows"]["object"]] if "rows" in manifest else [])
             missing = [d for d in digests if not (store / "objects" / "sha256" / d[:2] / d[2:]).exists()]
             assert not missing, f"{output['name']}@{output['digest'][:12]} lost {len(missing)}/{len(digests)} objects"
             checked += 1
@@ -222,7 +223,7 @@ def test_gc_defaults_keep_fresh_garbage_and_grace_zero_removes_it(tmp_path):
     photos = _old_photos(tmp_path / "photos", {"Aves": 3, "Fungi": 3}, seed=8)
     assert run_cli("ingest", str(photos), "--store", str(store), "--set", "ingest.link=hardlink").returncode == 0
     live = sorted(p for p in (store / "objects" / "sha256").rglob("*") if p.is_file())
-    assert len(live) == 6
+    assert len(live) == 7  # six images and the version's rows object
 
     fresh = b"staged a moment ago by a run that failed"
     fresh_object = _object(store, fresh)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PROJECT, make_class_folders, run_cli, write_image
+from conftest import PROJECT, make_class_folders, run_cli, stored_rows, write_image
 
 ODD_CLASSES = ["cost$_$", "a<b>&\"c'", "x\\ty", "ñ/日本", "$x^2$", "long" * 75]
 
@@ -128,7 +128,7 @@ def test_a_sparse_1gb_file_named_jpg_is_rejected_without_reading_it_whole(tmp_pa
     assert peak < 300 << 20, f"ingest peaked at {peak >> 20} MiB on a 1 GB file"
     assert rejected(store)["Aves/x.jpg"] == "not an image (no format Pillow knows)"
     manifest = next((store / "manifests" / "raw-data").glob("*.json"))
-    entries = {e["path"]: e for e in json.loads(manifest.read_bytes())["entries"]}
+    entries = {e["path"]: e for e in stored_rows(store, json.loads(manifest.read_bytes()))}
     big = entries["Fungi/big.png"]
     assert big["digest"] == hashlib.sha256((root / "Fungi" / "big.png").read_bytes()).hexdigest()
     assert big["format"] == "PNG" and big["size"] > 65 << 20

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_class_folders
+from conftest import make_class_folders, stored_rows
 from lineage import runner
 from lineage.errors import UserError
 from lineage.records import VersionRef
@@ -23,7 +23,8 @@ def raw_store(tmp_path):
 def _split(store, messages=None, **kw):
     result = runner.execute(store, split, split.Params(**kw), log=(messages.append if messages is not None
                                                                     else lambda m: None))
-    return store.read_manifest(result.outputs[0].key).to_json(), result  # the manifest as stored
+    manifest = store.read_manifest(result.outputs[0].key).to_json()  # the manifest as stored
+    return {**manifest, "entries": stored_rows(store, manifest)}, result
 
 
 def _all_digests(manifest):
@@ -37,7 +38,7 @@ def test_counts_per_class_and_no_image_in_two_splits(raw_store):
     digests = _all_digests(manifest)
     assert len(digests) == len(set(digests)) == 39
     raw = raw_store.read_manifest(VersionRef("raw-data", manifest["source"]["digest"])).to_json()
-    labels = {e["digest"]: e["label"] for e in raw["entries"]}
+    labels = {e["digest"]: e["label"] for e in stored_rows(raw_store, raw)}
     for per_class in manifest["entries"].values():
         for label, chunk in per_class.items():
             assert {labels[d] for d in chunk} == {label}
