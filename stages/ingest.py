@@ -365,11 +365,13 @@ _STAT_COLUMNS = (("path", "str"), ("size", "int"), ("mtime_ns", "int"), ("inode"
 def _load_stat_cache(path: Path, checks: dict) -> dict[str, Examined]:
     """The cached results by relative path. The cache is disposable: a damaged file, or any row in it
     that is not what _examine_all writes, only means those files are read again (and the file rewritten)."""
+    if not os.path.isfile(path):  # a first ingest: not worth pyarrow.dataset's import (0.4 s)
+        return {}
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        table = pq.ParquetFile(path).read()
         metadata = table.schema.metadata or {}
         if metadata.get(b"format") != str(STAT_CACHE_FORMAT).encode() \
                 or json.loads(metadata.get(b"checks", b"null")) != checks:
