@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,10 @@ def tensorflow_imports(result: subprocess.CompletedProcess) -> list[str]:
 
 def pytest_configure(config):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec:
+    # the Ctrl-C tests' children would never see theirs. A handler (unlike SIG_IGN) resets to the default
+    # at exec, so every child starts with Python's own KeyboardInterrupt, however the suite was launched.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stored_rows(store, manifest: dict):
