@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 
 from lineage.errors import UserError
-from lineage.records import CorruptRecord, RunRecord, RunSummary, VersionRef, is_digest, is_name, parse_json
+from lineage.records import (CorruptRecord, RunRecord, RunSummary, VersionRef, is_count, is_digest, is_name,
+                             parse_json)
 from lineage.store import Store, read_no_follow
 
 GRAPH_FORMAT = 1
@@ -117,7 +118,7 @@ class Graph:
     def from_json(cls, data: dict) -> "Graph":
         """The graph as save() wrote it; CorruptRecord if it is anything else (callers rebuild then)."""
         if not isinstance(data, dict) or not isinstance(data.get("versions"), dict) \
-                or not isinstance(data.get("runs"), dict) or not _is_count(data.get("runs_seen")):
+                or not isinstance(data.get("runs"), dict) or not is_count(data.get("runs_seen")):
             raise CorruptRecord("lineage.json is not a graph")
         versions = {}
         for name, chain in data["versions"].items():
@@ -276,14 +277,10 @@ def _version_from_json(name: str, number: int, entry) -> Version:
     if not isinstance(entry, dict) or set(entry) != _VERSION_KEYS or entry["v"] != number \
             or not is_digest(entry["digest"]) or not (entry["run"] is None or is_name(entry["run"])) \
             or not (entry["created"] is None or isinstance(entry["created"], str)) \
-            or not _is_count(entry["size"]) or not _is_count(entry["count"]) \
+            or not is_count(entry["size"]) or not is_count(entry["count"]) \
             or not isinstance(entry["aliases"], list) or not all(isinstance(a, str) for a in entry["aliases"]):
         raise CorruptRecord(f"lineage.json: {name}:v{number} is malformed")
     return Version(name=name, **entry)
-
-
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _listdir(path) -> list[str]:

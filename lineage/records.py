@@ -79,7 +79,7 @@ def check_manifest(value: Any, name: str) -> dict:
     if not isinstance(files, dict):
         raise CorruptRecord("its files are not an object")
     for file_name, item in files.items():
-        if not isinstance(item, dict) or not is_digest(item.get("digest")) or not _is_count(item.get("size", 0)):
+        if not isinstance(item, dict) or not is_digest(item.get("digest")) or not is_count(item.get("size", 0)):
             raise CorruptRecord(f"its file {_short(file_name)} has a bad digest or size")
     if value.get("source") is not None:
         check_ref(value["source"], "its source")
@@ -101,7 +101,7 @@ def check_rows(rows: Any) -> None:
         raise CorruptRecord("its rows are not an object")
     if rows.get("format") not in ROW_FORMATS:
         raise CorruptRecord(f"its rows have an unknown format {_short(rows.get('format'))}")
-    if not _is_count(rows.get("count")) or not is_digest(rows.get("digest")) or not is_digest(rows.get("object")):
+    if not is_count(rows.get("count")) or not is_digest(rows.get("digest")) or not is_digest(rows.get("object")):
         raise CorruptRecord("its rows have a bad count, digest or object")
 
 
@@ -120,7 +120,7 @@ def _check_entries(entries: Any) -> None:
         raise CorruptRecord("an entry has no digest") from None
     if not all_digests(digests):
         raise CorruptRecord("an entry has a bad digest")
-    if not all(map(_is_count, sizes)):
+    if not all(map(is_count, sizes)):
         raise CorruptRecord("an entry has a bad size")
     if not all(isinstance(e.get("label", ""), str) for e in entries):
         raise CorruptRecord("an entry has a bad label")
@@ -142,7 +142,7 @@ def check_run(value: Any, run_id: str) -> dict:
             raise CorruptRecord(f"its {key} are not a list")
         for index, item in enumerate(items):
             check_ref(item, f"{key}[{index}]")
-            if key == "outputs" and not (_is_count(item.get("size", 0)) and _is_count(item.get("count", 0))):
+            if key == "outputs" and not (is_count(item.get("size", 0)) and is_count(item.get("count", 0))):
                 raise CorruptRecord(f"outputs[{index}] has a bad size or count")
             if key == "aliases" and not isinstance(item.get("alias"), str):
                 raise CorruptRecord(f"aliases[{index}] has no alias name")
@@ -168,7 +168,7 @@ def check_run_summary(value: Any, run_id: str) -> dict:
     return value
 
 
-def _is_count(value: Any) -> bool:
+def is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 

@@ -56,9 +56,10 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike, follow_symlinks: bool = True) -> str:
+    """The file's sha256, read in chunks; without `follow_symlinks` a symlink is refused (ELOOP)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with os.fdopen(os.open(path, os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW)), "rb") as handle:
         while chunk := handle.read(HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -337,7 +338,7 @@ class Store:
         """The rows object's path, once its bytes are checked against its name (one read, as read_object)."""
         path = self._object_file(ref.object)
         try:
-            actual = sha256_file_no_follow(path)
+            actual = sha256_file(path, follow_symlinks=False)
         except FileNotFoundError:
             raise UserError(f"rows object {ref.object[:12]} is missing from the store: run `pipeline.py verify`") \
                 from None
@@ -546,16 +547,6 @@ def _record_bytes(path: Path) -> bytes:
         raise
     except OSError as error:
         raise CorruptRecord(f"unreadable: {error.strerror}") from None
-
-
-def sha256_file_no_follow(path: str) -> str:
-    """sha256_file, refusing a symlink (ELOOP)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    digest = hashlib.sha256()
-    with os.fdopen(fd, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_no_follow(path: Path) -> bytes:
