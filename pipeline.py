@@ -24,7 +24,8 @@ OPENED_STORES: list = []  # the stores this command opened, for naming one in an
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lineage.environment import describe_interrupt, describe_os_error
+    from lineage.environment import describe_os_error
+    from lineage.interrupts import describe_interrupt
 
     args = build_parser().parse_args(argv)
     _quiet_tensorflow(getattr(args, "verbose", False))
@@ -33,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt as error:
-        print(describe_interrupt(error), file=sys.stderr)
+    except KeyboardInterrupt:
+        print(describe_interrupt(), file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
@@ -89,16 +90,9 @@ def cmd_run(args) -> int:
         graph = Graph.load(store)
         inputs = [graph.resolve(ref) for ref in first.input_refs(params[config.stages[0]]).values()]
         _check_known_classes(store, config, config.stages, inputs)
-    written: list[str] = []  # what earlier stages of this command committed, for an interrupt's message
     for position, name in enumerate(config.stages):
-        try:
-            result = runner.execute(store, load_stage(name), params[name], force=args.force,
-                                    log=_logger(args), progress=_progress(args))
-        except BaseException as error:
-            if written:
-                error.committed_earlier = list(written)
-            raise
-        written += [] if result.reused else [version.ref for version in result.outputs]
+        result = runner.execute(store, load_stage(name), params[name], force=args.force,
+                                log=_logger(args), progress=_progress(args))
         _say_result(result)
         _check_known_classes(store, config, config.stages[position + 1:], result.outputs)
     return 0
@@ -469,8 +463,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
+    import signal
+
     try:
-        sys.exit(main())
-    except KeyboardInterrupt:  # while Python was still importing, before main() could run anything
-        print("interrupted: nothing was committed; the store is as it was", file=sys.stderr)
-        sys.exit(130)
+        code = main()
+        # The command's work is done and said. A Ctrl-C from here on changes nothing, and Python's
+        # teardown puts SIGINT back to the default, which would turn this exit status into a kill.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except KeyboardInterrupt:  # while Python was still importing, or just as main() returned
+        from lineage.interrupts import describe_interrupt
+
+        print(describe_interrupt(), file=sys.stderr)
+        code = 130
+    sys.exit(code)

@@ -1,5 +1,5 @@
 """What the machine did to a run, in one line: a read-only or full disk, a folder where a file
-should be, an interrupt. The CLI prints these instead of a traceback.
+should be (an interrupt is lineage/interrupts.py). The CLI prints these instead of a traceback.
 
 Only errors that come from the environment are described here; an OSError that says nothing
 about the disk (a bad file descriptor, a wrong argument) is a bug and keeps its traceback.
@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+
+from lineage.interrupts import committed_so_far
 
 READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -30,13 +32,13 @@ def describe_os_error(error: OSError, stores: list[Path]) -> str | None:
     thing = where[0] if where else (f"into the store {store}" if store else "a file")
     reason = error.strerror or os.strerror(code)
     if code in FULL:
-        return f"disk full while writing {thing}: {_store_state(error, store)}; free some space and run again"
+        return f"disk full while writing {thing}: {_store_state(store)}; free some space and run again"
     if code in READ_ONLY:
         if store is not None:
             for_whom = "" if code == errno.EROFS else " for this user"
             on = f": {where[0]}" if where else ""
             return (f"the store {store} is read-only{for_whom} ({reason}{on}); "
-                    f"{_store_state(error, store)}; "
+                    f"{_store_state(store)}; "
                     "remount it read-write, fix its permissions, or pass --store with a writable folder")
         return f"cannot access {thing} ({reason}): fix its permissions, or choose a writable place"
     if code == errno.EISDIR:
@@ -51,27 +53,14 @@ def describe_os_error(error: OSError, stores: list[Path]) -> str | None:
     return f"input/output error on {thing}: the disk may be failing; check it, then run `pipeline.py verify`"
 
 
-def describe_interrupt(error: BaseException) -> str:
-    """What a Ctrl-C left behind: nothing, or a committed version whose graph entry is caught up later."""
-    committed = getattr(error, "committed_refs", None)
-    if committed:
-        return (f"interrupted after {', '.join(committed)} was committed: the version is in the store; "
-                "lineage.json catches up on the next command")
-    earlier = getattr(error, "committed_earlier", None)
-    if earlier:  # `pipeline.py run`: the stages before the interrupted one did commit
-        return (f"interrupted: the running stage committed nothing; {', '.join(earlier)}, written before it, "
-                "are committed")
-    return "interrupted: nothing was committed; the store is as it was"
-
-
-def _store_state(error: BaseException, store: Path | None) -> str:
-    committed = getattr(error, "committed_refs", None)
-    if committed:
-        return (f"{', '.join(committed)} was committed (its run record is written) and lineage.json is rebuilt "
-                "on the next command")
+def _store_state(store: Path | None) -> str:
+    so_far = committed_so_far()  # a run whose record made it, or earlier stages of `pipeline.py run`
     if store is None:
-        return "nothing in the store was changed"
+        return so_far or "nothing in the store was changed"
     staging = _count(store / "tmp")
+    state = f"the store is intact ({staging} staging file(s) left in tmp/ for `pipeline.py gc`)"
+    if so_far:
+        return f"{so_far}; nothing after that was; {state}"
     return (f"nothing was committed; the store is intact (committed versions unchanged, {staging} staging "
             f"file(s) left in tmp/ for `pipeline.py gc`)")
 

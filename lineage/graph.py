@@ -15,6 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from lineage import interrupts
 from lineage.errors import UserError
 from lineage.records import (CorruptRecord, RunRecord, RunSummary, VersionRef, is_count, is_digest, is_name,
                              parse_json)
@@ -226,9 +227,18 @@ def record_run(store: Store, record: RunRecord) -> Graph:
     with store.locked():
         # Stamped under the lock, so commit order (and so vN order) is the same in a rebuild.
         record.committed = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-        store.write_run(record)
-        graph = Graph.rebuild(store) if not store.graph_path.exists() else _extend(store, record)
-        graph.save(store)
+        made = list(record.outputs) if record.status == "finished" else []
+        # A Ctrl-C waits until the record and this process's account of it agree (lineage/interrupts.py).
+        with interrupts.deferred():
+            try:
+                store.write_run(record)
+                graph = Graph.rebuild(store) if not store.graph_path.exists() else _extend(store, record)
+                graph.save(store)
+            except BaseException:  # a full disk (or an injected fault) after the commit point: still committed
+                if made and store.run_path(record.id).exists():
+                    interrupts.note_committed([o.key.short for o in made], graph_behind=True)
+                raise
+            interrupts.note_committed([graph.find(o.name, o.digest).ref for o in made])
     return graph
 
 

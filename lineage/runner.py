@@ -81,12 +81,7 @@ def _run_and_commit(store: Store, stage: Stage, params: Any, the_plan: Plan, gra
     record.aliases += [AliasRef(o.name, o.digest, a) for o in record.outputs for a in aliases]
     record.status, record.finished = "finished", now()
     record.duration_s = round(time.perf_counter() - t0, 3)
-    try:
-        graph = record_run(store, record)
-    except BaseException as error:  # Ctrl-C or a full disk: the CLI must say whether the run record made it
-        if store.run_path(run_id).exists():
-            error.committed_refs = [o.key.short for o in record.outputs]
-        raise
+    graph = record_run(store, record)  # the commit point; it tells lineage/interrupts.py what it committed
     versions = [graph.find(o.name, o.digest) for o in record.outputs]
     for output, version in zip(outputs, versions):
         if output.manifest.rows is not None:

@@ -199,8 +199,8 @@ def test_ctrl_c_says_truthfully_whether_the_version_was_committed(many_images, t
             assert made == [], made
             outcomes.add("nothing")
         else:
-            assert lines[0].startswith("interrupted after raw-data@") and "was committed" in lines[0], lines[0]
-            assert [v["digest"][:12] for v in made] == [lines[0].split("@")[1][:12]]
+            assert lines[0] == "interrupted: raw-data:v1 is committed; nothing after it was", lines[0]
+            assert [v["ref"] for v in made] == ["raw-data:v1"]
             outcomes.add("committed")
         assert_intact(store)
     assert outcomes & {"nothing", "committed"}, f"no interrupt landed during the run: {outcomes}"
@@ -258,8 +258,7 @@ def test_an_interrupt_after_the_run_record_reports_the_version_committed_and_the
     """The window between the run record and lineage.json is too short to hit with a real signal, so
     the interrupt is raised where the graph is written; what is checked is real: the record on disk,
     the runner's account of it, the CLI's line, and the graph rebuilt from runs/ on the next open."""
-    from lineage import runner
-    from lineage.environment import describe_interrupt
+    from lineage import interrupts, runner
     from lineage.graph import Graph
     from lineage.store import Store
     from stages import ingest
@@ -276,13 +275,57 @@ def test_an_interrupt_after_the_run_record_reports_the_version_committed_and_the
 
     with monkeypatch.context() as patch:
         patch.setattr(Graph, "save", interrupted)
-        with pytest.raises(KeyboardInterrupt) as caught:
+        patch.setattr(interrupts, "LEDGER", [])  # this process's account, as if it were the CLI's own
+        with pytest.raises(KeyboardInterrupt):
             runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None, progress=False)
+        line = interrupts.describe_interrupt()
     digest = json.loads(next((store.root / "runs").glob("*.json")).read_bytes())["outputs"][0]["digest"]
-    assert describe_interrupt(caught.value) == (f"interrupted after raw-data@{digest[:12]} was committed: the "
-                                                "version is in the store; lineage.json catches up on the next command")
+    assert line == (f"interrupted: raw-data@{digest[:12]} is committed; nothing after it was (lineage.json catches "
+                    "up on the next command)")
     assert [v["digest"] for v in versions(store.root)] == [digest]
     assert_intact(store.root)
+
+
+def test_a_real_ctrl_c_while_the_run_record_is_written_lands_after_the_commit_is_accounted(tmp_path, monkeypatch):
+    """SIGINT sent to this process just as the run record reaches the disk: the interrupt is held until
+    lineage.json and the process's ledger agree, so the line names raw-data:v1 and nothing lags."""
+    from lineage import interrupts, runner
+    from lineage.store import Store
+    from stages import ingest
+
+    root = make_class_folders(tmp_path / "photos", {"Aves": 2, "Fungi": 2})
+    store = Store.open(tmp_path / "store", create=True)
+    original_write_run = Store.write_run
+
+    def write_then_ctrl_c(self, record):
+        original_write_run(self, record)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "write_run", write_then_ctrl_c)
+        patch.setattr(interrupts, "LEDGER", [])
+        with pytest.raises(KeyboardInterrupt):
+            runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None, progress=False)
+        line = interrupts.describe_interrupt()
+    assert line == "interrupted: raw-data:v1 is committed; nothing after it was"
+    graph = json.loads((store.root / "lineage.json").read_bytes())
+    assert [v["v"] for v in graph["versions"]["raw-data"]] == [1]
+    assert_intact(store.root)
+
+
+def test_a_ctrl_c_after_the_command_finished_leaves_its_exit_status_alone(tmp_path):
+    """Python's teardown puts SIGINT back to the default, so a Ctrl-C in the last milliseconds used to kill a
+    finished command (exit -2, no message). The signal is sent from an exit handler, after main() returned."""
+    root = make_class_folders(tmp_path / "photos", {"Aves": 2, "Fungi": 2})
+    script = ("import atexit, os, runpy, signal, sys, time\n"
+              "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.3)))\n"
+              f"sys.argv = [{str(PROJECT / 'pipeline.py')!r}, 'ingest', {str(root)!r}, '--store', "
+              f"{str(tmp_path / 'store')!r}]\n"
+              f"runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    finished = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    assert (finished.returncode, finished.stderr) == (0, ""), finished.stderr
+    assert "raw-data:v1" in finished.stdout
 
 
 @pytest.mark.slow
@@ -304,7 +347,6 @@ def test_ctrl_c_in_a_later_stage_of_run_names_what_earlier_stages_committed(tmp_
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert ("interrupted: the running stage committed nothing; raw-data:v1, split:v1, written before it, are "
-            "committed") in stderr
+    assert "interrupted: raw-data:v1, split:v1 are committed; nothing after them was" in stderr
     assert [v["ref"] for v in versions(store, "split")] == ["split:v1"]
     assert_intact(store)
