@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+
+from lineage.digestset import DigestSet, drain, empty, pack_hex, pack_strings
 from lineage.errors import UserError
 from lineage.inprogress import RunInProgress, in_progress_records, sweep_hold
-from lineage.records import VersionRef
-from lineage.store import Store
+from lineage.records import Manifest, VersionRef, is_digest
+from lineage.store import Store, sha256_file
 
 FOREIGN = "is a symlink, not part of the store: remove it by hand"
 
@@ -79,10 +82,12 @@ def _find(store: Store, garbage: Garbage, cutoff: float) -> None:
         if _changed(path) < cutoff:
             garbage.manifests.append(path)
         else:  # a run of an older gc-unaware version may be about to commit it: keep what it names
-            protected.update(_objects_named(store, key))
-    for digest, path in object_files(store, garbage.foreign):
-        if digest not in protected and _changed(path) < cutoff:
-            garbage.objects.append(path)
+            protected.append(_objects_named(store, key))
+    kept = DigestSet(drain(protected))
+    for prefix, files in _object_folders(store, garbage.foreign):
+        for entry, referenced in zip(files, _referenced(prefix, files, kept)):
+            if not referenced and _changed(Path(entry.path)) < cutoff:
+                garbage.objects.append(Path(entry.path))
     garbage.staging = [p for p in _staging_entries(store, garbage.foreign) if _changed(p) < cutoff]
     # Once the sweep holds the store no run is alive, so every record left is stale; a listing
     # made while runs are in progress only names the records whose runs are gone.
@@ -97,10 +102,11 @@ def live_versions(store: Store) -> set[VersionRef]:
         | store.quarantined_versions()
 
 
-def _live_objects(store: Store, live: set[VersionRef]) -> set[str]:
-    """Every object a live manifest names. One that cannot be read stops gc: what it needs is unknown.
-    Objects a quarantined manifest still names stay too, until the stage that made it has run again."""
-    referenced: set[str] = store.quarantine_mentions("manifests")
+def _live_objects(store: Store, live: set[VersionRef]) -> list[np.ndarray]:
+    """Every object a live manifest names, packed (lineage/digestset.py: a million of them as strs would cost
+    hundreds of MB). One that cannot be read stops gc: what it needs is unknown. Objects a quarantined
+    manifest still names stay too, until the stage that made it has run again."""
+    referenced = [pack_strings(sorted(store.quarantine_mentions("manifests")))]
     for ref in sorted(live):
         path = store.manifest_path(ref)
         try:
@@ -111,31 +117,84 @@ def _live_objects(store: Store, live: set[VersionRef]) -> set[str]:
             raise UserError(f"manifest {path} of a live version {FOREIGN}, then re-run the stage that made "
                             f"{ref.name} with --force; gc will not guess which objects it needs")
         try:
-            referenced.update(store.referenced_objects(store.read_manifest(ref)))
+            referenced.append(_referenced_objects(store, store.read_manifest(ref)))
         except UserError as error:
             raise UserError(f"gc cannot tell which objects {ref.short} needs ({error}); nothing was removed") from None
     return referenced
 
 
-def _objects_named(store: Store, ref: VersionRef) -> set[str]:
+def _objects_named(store: Store, ref: VersionRef) -> np.ndarray:
     try:
         manifest = store.read_manifest(ref)
     except UserError:  # a damaged orphan protects nothing
-        return set()
+        return empty()
     try:
-        return set(store.referenced_objects(manifest))
+        return _referenced_objects(store, manifest)
     except UserError:  # its rows object is damaged: it protects that object and its files
-        return set(manifest.inline_objects())
+        return _packed(manifest.inline_objects())
 
 
-def object_files(store: Store, foreign: list[str] | None = None) -> Iterator[tuple[str, Path]]:
-    """(digest, path) of every object file, never following a link. Links (and folders where an
-    object file should be) are not objects: they are added to `foreign` when given, else skipped."""
-    for prefix, entry in _two_deep(store.objects_dir, foreign):
-        if entry.is_file(follow_symlinks=False):
-            yield prefix + entry.name, Path(entry.path)
-        else:
-            _note(foreign, entry.path, "is not an object file: remove it by hand")
+def _referenced_objects(store: Store, manifest: Manifest) -> np.ndarray:
+    """Store.referenced_objects, packed, in bounded memory: the rows object is read batch by batch, and only
+    from an object that hashes to its name and holds the rows the version's name stands for."""
+    from lineage.rows import packed_digests
+
+    named = [_packed(manifest.inline_objects())]
+    if manifest.rows is not None:
+        if not object_intact(store, manifest.rows.object):
+            raise UserError(f"rows object {manifest.rows.object[:12]} of {manifest.name} is missing or corrupt: run "
+                            "`pipeline.py verify`, which names the stage to re-run")
+        why = store.rows_problem(manifest, lambda batch: named.append(packed_digests(batch.column("digest"))))
+        if why is not None:
+            raise UserError(f"rows object {manifest.rows.object[:12]} of {manifest.name} does not hold its rows "
+                            f"({why}): run `pipeline.py verify`, which names the stage to re-run")
+    return np.concatenate(named)
+
+
+def object_intact(store: Store, digest: str) -> bool:
+    """Whether the object is there and its bytes hash to its name (read once, never through a link)."""
+    try:
+        return sha256_file(store.object_path(digest), follow_symlinks=False) == digest
+    except OSError:
+        return False
+
+
+def _packed(digests: list[str]) -> np.ndarray:
+    """A manifest's own digests, packed (lineage/records.py checked them when it was read)."""
+    return pack_strings(d for d in digests if is_digest(d))
+
+
+def _object_folders(store: Store, foreign: list[str]) -> Iterator[tuple[str, list[os.DirEntry]]]:
+    """(prefix, its object files) per two-digit folder, in name order, never following a link. Links (and
+    folders where an object file should be) are not objects: they go to `foreign`."""
+    for folder in _scan(store.objects_dir):
+        if folder.is_symlink():
+            _note(foreign, folder.path, FOREIGN)
+        elif folder.is_dir(follow_symlinks=False):
+            files = []
+            for entry in _scan(folder.path):
+                if entry.is_symlink():
+                    _note(foreign, entry.path, FOREIGN)
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(entry)
+                else:
+                    _note(foreign, entry.path, "is not an object file: remove it by hand")
+            yield folder.name, files
+
+
+def _referenced(prefix: str, files: list[os.DirEntry], kept: DigestSet) -> np.ndarray:
+    """Which of a folder's files are objects `kept` holds, in one vectorised lookup per folder. A file
+    whose folder and name do not spell a digest is never referenced: no reader looks for it there."""
+    found = np.zeros(len(files), dtype=bool)
+    rows = [i for i, entry in enumerate(files) if len(entry.name) == 62 and entry.name.isascii()]
+    if not rows or len(prefix) != 2 or not prefix.isascii():
+        return found
+    chars = np.empty((len(rows), 64), dtype=np.uint8)
+    chars[:, :2] = np.frombuffer(prefix.encode("ascii"), dtype=np.uint8)
+    chars[:, 2:] = np.frombuffer("".join(files[i].name for i in rows).encode("ascii"), dtype=np.uint8).reshape(-1, 62)
+    packed, valid = pack_hex(chars)
+    found[rows] = valid & kept.contains(packed)
+    return found
 
 
 def _manifest_files(store: Store, foreign: list[str]) -> Iterator[tuple[VersionRef, Path]]:

@@ -2,9 +2,10 @@
 
 lineage.json is derived data. The truth is runs/ (each finished run names the versions it
 read and wrote) and manifests/ (the versions themselves). Version numbers follow the order
-in which runs first produced each digest, so rebuilding from those two folders gives the
-same graph back. A store whose lineage.json lags behind runs/ (a crash after a run record
-was committed but before the graph was rewritten) is healed on the next open.
+in which runs first produced each digest on this machine (a pulled run counts from the pull:
+`arrival_order`), so rebuilding from those two folders gives the same graph back. A store
+whose lineage.json lags behind runs/ (a crash after a run record was committed but before the
+graph was rewritten) is healed on the next open.
 """
 
 from __future__ import annotations
@@ -74,20 +75,20 @@ class Graph:
         runs: dict[str, RunSummary] = {}
         aliases: dict[tuple[str, str], Version] = {}
         latest: dict[str, Version] = {}
-        for record in records:
-            runs[record.id] = RunSummary.of(record)
-            if record.status != "finished":
-                continue
-            for output in record.outputs:
-                key = output.key
-                if key not in by_digest:
+        for record in arrival_order(records):  # numbers: in the order versions reached this store
+            for output in record.outputs if record.status == "finished" else ():
+                if output.key not in by_digest:
                     chain = versions.setdefault(output.name, [])
                     version = Version(output.name, len(chain) + 1, output.digest, record.id, record.finished,
                                       output.size, output.count)
                     chain.append(version)
-                    by_digest[key] = version
-                if key in by_digest:
-                    latest[output.name] = by_digest[key]
+                    by_digest[output.key] = version
+        for record in records:  # `latest` and aliases: in the order runs committed, wherever that was
+            runs[record.id] = RunSummary.of(record)
+            if record.status != "finished":
+                continue
+            for output in record.outputs:
+                latest[output.name] = by_digest[output.key]
             for alias in record.aliases:
                 target = by_digest.get(alias.key)
                 if target is not None:
@@ -240,6 +241,22 @@ def record_run(store: Store, record: RunRecord) -> Graph:
                 raise
             interrupts.note_committed([graph.find(o.name, o.digest).ref for o in made])
     return graph
+
+
+PULL_STAGE = "pull"  # the record a pull commits: params.brought lists the run ids it brought (lineage/sync.py)
+
+
+def arrival_order(records: list[RunRecord]) -> list[RunRecord]:
+    """Runs in the order they reached this store (records in commit order): a run made here at its own commit,
+    a run brought by `pull` at the pull's commit. So a number, once shown, never changes on this machine, even
+    when a pull brings runs that another machine committed earlier; the digest is the name every machine shares."""
+    arrived: dict[str, tuple[str, str]] = {}
+    for record in records:
+        brought = (record.params or {}).get("brought") if record.stage == PULL_STAGE else None
+        for run_id in brought if isinstance(brought, list) else ():
+            if isinstance(run_id, str) and run_id not in arrived:  # the first pull that brought it
+                arrived[run_id] = (record.committed or "", record.id)
+    return sorted(records, key=lambda r: (*arrived.get(r.id, (r.committed or "", "")), r.committed or "", r.id))
 
 
 def _extend(store: Store, record: RunRecord) -> Graph:

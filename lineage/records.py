@@ -268,6 +268,9 @@ class Manifest:
     # from. None for a new manifest: its keys follow from its values, as the stages always wrote them.
     json_keys: frozenset[str] | None = field(default=None, repr=False, compare=False)
     unknown: dict = field(default_factory=dict, repr=False, compare=False)
+    # A new manifest's rows built as columns (a pyarrow Table from lineage/rows.py table_from_columns), for a
+    # million rows without a dict each: Store.write_manifest stores it as the rows object, as it does `entries`.
+    table: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_json(cls, value: Any, name: str) -> "Manifest":
@@ -353,7 +356,13 @@ class Manifest:
 
     def content_size(self) -> int:
         """Bytes of the objects it holds (a split's are raw-data's, so counted there only)."""
-        return sum(entry.get("size", 0) for entry in self.entries) + sum(item.size for item in self.files.values())
+        in_table = 0
+        if self.table is not None and "size" in self.table.column_names:
+            import pyarrow.compute as pc
+
+            in_table = pc.sum(self.table.column("size")).as_py() or 0
+        return sum(entry.get("size", 0) for entry in self.entries) + sum(item.size for item in self.files.values()) \
+            + in_table
 
 
 class InputRef(NamedTuple):

@@ -46,6 +46,9 @@ def execute(store: Store, stage: Stage, params: Any, *, force: bool = False, ali
         if reused is not None:
             return reused
 
+    from lineage.sync import fetch_missing_inputs  # inputs only on the store's default remote come down first
+
+    fetch_missing_inputs(store, the_plan.inputs.values(), log)
     run_id = new_run_id()
     # From before the stage stages (or finds an object already present) until its record is committed,
     # the run holds its place in the store: gc cannot sweep what it is about to make live.
@@ -170,7 +173,7 @@ def outputs_intact(store: Store, version: Version) -> bool:
     manifest = store.read_manifest(version.key)
     if store.missing_objects(manifest.inline_objects()):
         return False
-    return not store.missing_objects(store.referenced_objects(manifest, cached=True))
+    return store.rows_present(manifest)
 
 
 def _run_record(run_id: str, the_plan: Plan, started: str) -> RunRecord:

@@ -18,6 +18,7 @@ never has a name anyone reads, because it is only renamed into place once comple
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import hashlib
@@ -27,7 +28,7 @@ import re
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from lineage.atomic import write_atomic
 from lineage.errors import UserError
@@ -59,9 +60,12 @@ def sha256_bytes(data: bytes) -> str:
 def sha256_file(path: str | os.PathLike, follow_symlinks: bool = True) -> str:
     """The file's sha256, read in chunks; without `follow_symlinks` a symlink is refused (ELOOP)."""
     digest = hashlib.sha256()
-    with os.fdopen(os.open(path, os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW)), "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
+    fd = os.open(path, os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW))
+    try:  # os.read on the descriptor: a buffered file object costs more syscalls than a tiny object's read
+        while chunk := os.read(fd, HASH_CHUNK):
             digest.update(chunk)
+    finally:
+        os.close(fd)
     return digest.hexdigest()
 
 
@@ -95,7 +99,7 @@ class Store:
         if store.root.exists() and not store.root.is_dir():
             raise UserError(f"store {store.root} is a file, not a folder: pass --store with a folder")
         known = {"objects", "manifests", "runs", "cache", "tmp", "lineage.json", "lock", ".gitkeep", "quarantine",
-                 "inprogress", "runs.lock"}
+                 "inprogress", "runs.lock", "remotes.json"}
         if store.root.is_dir() and not (store.root / STORE_MARKER).is_dir():
             strangers = sorted(p.name for p in store.root.iterdir() if p.name not in known)
             if strangers:
@@ -263,7 +267,8 @@ class Store:
 
         A new manifest's rows (`entries` or `splits`) go to a columnar object first (lineage/rows.py); a
         manifest read from the store is written back in the form it was read in, so its digest stays."""
-        if manifest.json_keys is None and manifest.rows is None and (manifest.entries or manifest.splits):
+        if manifest.json_keys is None and manifest.rows is None \
+                and (manifest.entries or manifest.splits or manifest.table is not None):
             manifest.rows = self.write_rows(manifest)
         value = manifest.to_json()
         data = canonical_json(value)
@@ -301,7 +306,10 @@ class Store:
         """Store a new manifest's rows as a Parquet object; returns the reference its JSON keeps."""
         from lineage import rows
 
-        if manifest.splits:
+        if manifest.table is not None:  # built as columns by the stage, in stream order (rows.table_from_columns)
+            table = manifest.table
+            fmt = "splits-v1" if "split" in table.column_names else "images-v1"
+        elif manifest.splits:
             fmt, table = "splits-v1", rows.splits_table(manifest.splits)
         else:
             fmt, table = "images-v1", rows.images_table(manifest.entries)
@@ -312,7 +320,11 @@ class Store:
             os.unlink(staging)
         ref = RowsRef(fmt, table.num_rows, rows.stream_digest(fmt, [table]), digest)
         if "digest" in table.column_names:
-            self._write_digest_cache(ref, table.column("digest").to_pylist())
+            import numpy as np
+
+            packed = rows.packed_digests(table.column("digest"))
+            leading = np.ascontiguousarray(packed[:, :8]).view(">u8").ravel()
+            self._write_digest_cache(ref, packed[np.argsort(leading, kind="stable")].tobytes())
         return ref
 
     def read_rows(self, manifest: Manifest, columns: list[str] | None = None):
@@ -361,7 +373,7 @@ class Store:
             if digests is not None:
                 return digests
         digests = self.read_rows(manifest, ["digest"]).column("digest").to_pylist()
-        self._write_digest_cache(manifest.rows, digests)
+        self._write_digest_cache(manifest.rows, bytes.fromhex("".join(sorted(digests))))
         return digests
 
     def referenced_objects(self, manifest: Manifest, cached: bool = False) -> list[str]:
@@ -374,17 +386,20 @@ class Store:
         owned = manifest.owned_objects()
         return owned + self.row_digests(manifest) if manifest.rows is not None and manifest.owns_rows else owned
 
-    def rows_problem(self, manifest: Manifest) -> str | None:
+    def rows_problem(self, manifest: Manifest, each_batch: Callable[[Any], None] | None = None) -> str | None:
         """What is wrong with a version's rows object, or None: it is read batch by batch (bounded memory)
-        and its canonical stream must hash to the digest the manifest (and so the version's name) holds."""
+        and its canonical stream must hash to the digest the manifest (and so the version's name) holds.
+        `each_batch` sees every checked batch on the way (gc and verify take the digests from the one read)."""
         from lineage import rows
 
         if manifest.rows is None:
             return None
         path = self._object_file(manifest.rows.object)
+        batches = rows.iter_batches(path, manifest.rows.format, manifest.rows.count)
+        if each_batch is not None:
+            batches = (each_batch(batch) or batch for batch in batches)
         try:
-            actual = rows.stream_digest(manifest.rows.format,
-                                        rows.iter_batches(path, manifest.rows.format, manifest.rows.count))
+            actual = rows.stream_digest(manifest.rows.format, batches)
         except CorruptRecord as why:
             return str(why)
         except OSError as error:
@@ -393,15 +408,44 @@ class Store:
             return f"its rows hash to {actual[:12]}, not to the {manifest.rows.digest[:12]} its manifest names"
         return None
 
-    def _digest_cache_path(self, ref: RowsRef) -> str:
-        return f"{self.cache_dir}/rows/{ref.object}.digests"
+    def rows_present(self, manifest: Manifest) -> bool:
+        """Every object a version's rows name is present (not re-hashed: that is `verify`): what a cache hit
+        checks. From the sorted digest cache when there is one, a prefix folder at a time, so a million names
+        are never held at once and neither pyarrow nor numpy is imported."""
+        if manifest.rows is None:
+            return not self.missing_objects(manifest.inline_objects())
+        try:
+            data = read_no_follow(Path(self._digest_cache_path(manifest.rows)))
+        except OSError:
+            data = b""
+        count = manifest.rows.count
+        if len(data) != 32 * count:
+            return not self.missing_objects(self.row_digests(manifest))
+        start = 0
+        while start < count:
+            prefix = data[32 * start]
+            stop = bisect.bisect_right(range(count), prefix, lo=start, key=lambda row: data[32 * row])
+            try:
+                listed = set(os.listdir(f"{self._objects_prefix}{prefix:02x}"))
+            except FileNotFoundError:
+                return False
+            text = data[32 * start:32 * stop].hex()
+            if any(text[at + 2:at + 64] not in listed for at in range(0, len(text), 64)):
+                return False
+            start = stop
+        return True
 
-    def _write_digest_cache(self, ref: RowsRef, digests: list[str]) -> None:
-        """32 bytes per digest, in row order: read back without pyarrow or numpy."""
+    def _digest_cache_path(self, ref: RowsRef) -> str:
+        # Sorted by digest (by its first 8 bytes), so a presence check takes one prefix folder at a time (the
+        # `.digests` files of earlier versions held row order, which cannot be checked that way: left unread).
+        return f"{self.cache_dir}/rows/{ref.object}.sorted-digests"
+
+    def _write_digest_cache(self, ref: RowsRef, packed: bytes) -> None:
+        """32 bytes per digest, sorted: read back without pyarrow or numpy."""
         path = Path(self._digest_cache_path(ref))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.write_atomic(path, bytes.fromhex("".join(digests)), durable=False)
+            self.write_atomic(path, packed, durable=False)
         except OSError:  # a cache that cannot be written is recomputed next time
             pass
 

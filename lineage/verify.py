@@ -4,20 +4,28 @@
 A problem is damage (a blob whose bytes no longer hash to its name, a manifest naming a
 missing object, a graph that disagrees with runs/). Garbage is not damage: objects and
 manifests left by an interrupted or failed run are unreferenced, invisible, and gc's job.
+
+At a million objects: the re-hash runs in worker processes (lineage/rehash.py) while this process
+checks manifests and rows, and which objects are present or referenced is kept packed
+(lineage/digestset.py), rows digests taken batch by batch from the one read that checks them.
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from lineage.digestset import DigestSet, empty, pack_strings, unpack
 from lineage.errors import UserError
-from lineage.gc import object_files
+from lineage.gc import object_intact
 from lineage.graph import Graph
 from lineage.records import CorruptRecord, Manifest, RunRecord, VersionRef, is_digest, is_name, parse_json
-from lineage.store import Store, read_no_follow, rerun_fix, sha256_file
+from lineage.rehash import Rehash
+from lineage.rows import packed_digests
+from lineage.store import Store, read_no_follow, rerun_fix
 
 
 @dataclass
@@ -46,8 +54,9 @@ class Report:
         self.damaged.append(Damage(kind, path, fix))
 
 
-def verify(store: Store, workers: int = 4) -> Report:
-    """Check every object, manifest, run record and lineage.json; never raises on damage, it reports it."""
+def verify(store: Store, workers: int | None = None) -> Report:
+    """Check every object, manifest, run record and lineage.json; never raises on damage, it reports it.
+    Objects are re-hashed in `workers` processes (default: one per core) while this one checks the rest."""
     report = Report()
     try:
         Graph.load(store)  # heals a graph that lags behind a committed run (a crash between the two writes)
@@ -56,17 +65,19 @@ def verify(store: Store, workers: int = 4) -> Report:
     records = _check_runs(store, report)
     producers = {o.key: r.stage for r in records if r.status == "finished" for o in r.outputs}
     live = set(producers) | store.quarantined_versions()  # what gc keeps (lineage/gc.py live_versions)
-    bad_objects = _check_objects(store, report, workers)
-    readable = _check_manifests(store, report, records)
-    live_rows, rows_unread = _check_rows(store, report, records, readable, bad_objects, live)
-    _name_object_fixes(store, report, bad_objects, readable, producers)
+    with Rehash(_object_folders(store, report), workers or os.cpu_count() or 1) as rehash:
+        readable = _check_manifests(store, report, records)
+        rows_named = _read_rows(store, report, records, readable)
+        bad, present = _object_results(report, rehash.results())
+    _check_references(store, report, records, readable, rows_named, present)
+    _name_object_fixes(store, report, bad, readable, rows_named, producers)
     _check_run_references(store, report, records, readable, producers)
     if len(records) == report.checked_runs:
         _check_graph(store, report)
     report.garbage_manifests = len(set(readable) - live)
     # While a live manifest is unreadable, which objects it needs is unknown: none is counted as garbage.
-    unknown = any(key not in readable or key in rows_unread for key in live)
-    report.garbage_objects = 0 if unknown else len(_unreferenced(store, readable, live, live_rows))
+    unknown = any(key not in readable or (readable[key].rows is not None and key not in rows_named) for key in live)
+    report.garbage_objects = 0 if unknown else _unreferenced(readable, live, rows_named, present)
     report.staging_leftovers = sum(1 for _ in store.tmp_dir.iterdir()) if store.tmp_dir.exists() else 0
     return report
 
@@ -80,11 +91,8 @@ def _check_runs(store: Store, report: Report) -> list[RunRecord]:
     return records
 
 
-def _check_objects(store: Store, report: Report, workers: int) -> dict[str, tuple[Path, str]]:
-    """Re-hash every object; returns digest → (path, what is wrong) for the damaged ones. One task per
-    two-digit folder, each listing and hashing its own: memory holds a folder's listing per thread, never a
-    future or a path per object (a million of those cost gigabytes)."""
-    bad: dict[str, tuple[Path, str]] = {}
+def _object_folders(store: Store, report: Report) -> list[tuple[str, str]]:
+    """(prefix, path) of every two-digit object folder; anything else there is reported."""
     folders = []
     for prefix in _entries(store.objects_dir):
         if not prefix.is_dir(follow_symlinks=False):
@@ -92,36 +100,20 @@ def _check_objects(store: Store, report: Report, workers: int) -> dict[str, tupl
                        "`pipeline.py verify --repair` moves it to quarantine/")
             continue
         folders.append((prefix.name, prefix.path))
+    return folders
 
-    def check_folder(folder: tuple[str, str]) -> tuple[list[str], list[tuple[str, str, str]], int]:
-        prefix, path = folder
-        strays, damaged, count = [], [], 0
-        for entry in _entries(path):
-            name = prefix + entry.name
-            if not is_digest(name):
-                strays.append(entry.path)
-                continue
-            count += 1
-            if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
-                damaged.append((name, entry.path, "a symlink or folder, not a file: the store never makes one"))
-                continue
-            try:
-                actual = sha256_file(entry.path)
-            except OSError as error:
-                damaged.append((name, entry.path, f"unreadable: {error.strerror}"))
-                continue
-            if actual != name:
-                damaged.append((name, entry.path, f"its bytes hash to {actual[:12]}"))
-        return strays, damaged, count
 
-    with ThreadPoolExecutor(workers) as pool:  # hashlib releases the GIL: threads hash in parallel
-        for strays, damaged, count in pool.map(check_folder, folders):
-            for path in strays:
-                report.add("objects", Path(path), f"{path} is not an object (its name is no digest)",
-                           "`pipeline.py verify --repair` moves it to quarantine/")
-            bad.update((name, (Path(path), why)) for name, path, why in damaged)
-            report.checked_objects += count
-    return bad
+def _object_results(report: Report, results: list[dict]) -> tuple[dict[str, tuple[Path, str]], DigestSet]:
+    """The re-hash's findings: digest → (path, what is wrong) for the damaged objects, and every object
+    present (packed: 40 bytes each, where a set of str costs several times that)."""
+    bad: dict[str, tuple[Path, str]] = {}
+    for result in results:
+        for path in result["strays"]:
+            report.add("objects", Path(path), f"{path} is not an object (its name is no digest)",
+                       "`pipeline.py verify --repair` moves it to quarantine/")
+        bad.update((name, (Path(path), why)) for name, path, why in result["damaged"])
+        report.checked_objects += result["count"]
+    return bad, DigestSet(result["names"] for result in results)
 
 
 def _check_manifests(store: Store, report: Report, records: list[RunRecord]) -> dict[VersionRef, Manifest]:
@@ -149,57 +141,59 @@ def _check_manifests(store: Store, report: Report, records: list[RunRecord]) -> 
     return readable
 
 
-def _check_rows(store: Store, report: Report, records: list[RunRecord], readable: dict[VersionRef, Manifest],
-                bad: dict[str, tuple[Path, str]], live: set[VersionRef]) -> tuple[set[str], set[VersionRef]]:
-    """Every object a readable manifest names must be present, and a rows object must hold the rows whose
-    stream digest the manifest (so the version's name) holds: a manifest edited to name another valid
-    Parquet object keeps its digest, as the object's name is not part of it. Returns the object digests
-    live versions' rows name (one set: a split names raw-data's images again), and the versions whose rows
-    could not be read."""
-    live_rows: set[str] = set()
-    unread: set[VersionRef] = set()
+def _read_rows(store: Store, report: Report, records: list[RunRecord],
+               readable: dict[VersionRef, Manifest]) -> dict[VersionRef, np.ndarray]:
+    """Each rows object must hold the rows whose stream digest the manifest (so the version's name) holds: a
+    manifest edited to name another valid Parquet object keeps its digest, as the object's name is not part
+    of it. Returns, packed, the object digests the rows of each version name whose rows could be read. A
+    rows object that is missing or does not hash to its name is left to the re-hash, which reports it."""
+    named = {}
     for ref, manifest in readable.items():
-        named = manifest.inline_objects()
         rows = manifest.rows
-        if rows is not None:
-            unread.add(ref)
-        if rows is not None and rows.object not in bad and not store.missing_objects([rows.object]):
-            why = store.rows_problem(manifest)
-            if why is None:
-                unread.discard(ref)
-                digests = store.row_digests(manifest)
-                if ref in live:
-                    live_rows.update(digests)
-                named = named + digests
-                del digests
-            else:
-                path = store.manifest_path(ref)
-                report.add("manifests", path, f"manifest {path} names rows object {rows.object[:12]}, which does "
-                           f"not hold its rows ({why})", store.manifest_fix(ref, records))
-        elif rows is None:
-            named = store.referenced_objects(manifest)
-        missing = store.missing_objects(named)
-        if missing:
-            report.problems.append(f"manifest {ref.short} references {len(missing)} missing object(s), "
-                                   f"first {missing[0][:12]}: {store.manifest_fix(ref, records)}")
-    return live_rows, unread
+        if rows is None or not object_intact(store, rows.object):
+            continue
+        digests = []  # packed batch by batch as the check reads them: one read, bounded memory
+        why = store.rows_problem(manifest, lambda batch: digests.append(packed_digests(batch.column("digest"))))
+        if why is not None:
+            path = store.manifest_path(ref)
+            report.add("manifests", path, f"manifest {path} names rows object {rows.object[:12]}, which does "
+                       f"not hold its rows ({why})", store.manifest_fix(ref, records))
+            continue
+        named[ref] = np.concatenate(digests) if digests else empty()
+    return named
+
+
+def _check_references(store: Store, report: Report, records: list[RunRecord], readable: dict[VersionRef, Manifest],
+                      rows_named: dict[VersionRef, np.ndarray], present: DigestSet) -> None:
+    """Every object a readable manifest names must be present (the rows' objects only if its rows could
+    be read)."""
+    for ref, manifest in readable.items():
+        count, first = 0, None
+        for named in (_packed_inline(manifest.inline_objects()), rows_named.get(ref, empty())):
+            missing = ~present.contains(named)
+            count += int(missing.sum())
+            if first is None and missing.any():
+                first = unpack(named[missing.argmax()])
+        if count:
+            report.problems.append(f"manifest {ref.short} references {count} missing object(s), "
+                                   f"first {first[:12]}: {store.manifest_fix(ref, records)}")
 
 
 def _name_object_fixes(store: Store, report: Report, bad: dict[str, tuple[Path, str]],
-                       readable: dict[VersionRef, Manifest], producers: dict[VersionRef, str]) -> None:
+                       readable: dict[VersionRef, Manifest], rows_named: dict[VersionRef, np.ndarray],
+                       producers: dict[VersionRef, str]) -> None:
     """Each damaged object, with the stage that rewrites it: the one whose version holds it as an entry
     or file (a split only refers to raw-data's images; re-running split writes none of them)."""
     owners: dict[str, set[str]] = {}
+    damaged = DigestSet([pack_strings(bad)])
     for key, manifest in readable.items():
-        owned = manifest.owned_objects()
-        if bad and manifest.rows is not None and manifest.owns_rows and manifest.rows.object not in bad:
-            try:
-                owned = store.owned_objects(manifest)
-            except UserError:  # a rows object that cannot be read is reported on its own
-                pass
-        for digest in owned:
-            if digest in bad and key in producers:
-                owners.setdefault(digest, set()).add(producers[key])
+        if not bad or key not in producers:
+            continue
+        owned = _packed_inline(manifest.owned_objects())
+        if manifest.owns_rows and key in rows_named:
+            owned = np.concatenate([owned, rows_named[key]])
+        for row in owned[damaged.contains(owned)]:
+            owners.setdefault(unpack(row), set()).add(producers[key])
     for digest, (path, why) in sorted(bad.items()):
         stages = sorted(owners.get(digest, ()))
         if stages:
@@ -247,10 +241,21 @@ def _check_graph(store: Store, report: Report) -> None:
         report.graph_damaged = True
 
 
-def _unreferenced(store: Store, readable: dict[VersionRef, Manifest], live: set[VersionRef],
-                  live_rows: set[str]) -> list[str]:
-    referenced = {d for key in live if key in readable for d in readable[key].inline_objects()}
-    return [digest for digest, _ in object_files(store) if digest not in referenced and digest not in live_rows]
+def _unreferenced(readable: dict[VersionRef, Manifest], live: set[VersionRef],
+                  rows_named: dict[VersionRef, np.ndarray], present: DigestSet) -> int:
+    """How many objects present no live version names: each present object a live version names is marked
+    (one flag per object; no second set of a million digests is built)."""
+    named = np.zeros(len(present), dtype=bool)
+    inline = [d for key in live if key in readable for d in readable[key].inline_objects()]
+    for part in [_packed_inline(inline)] + [rows_named[key] for key in live if key in rows_named]:
+        found = present.locate(part)
+        named[found[found >= 0]] = True
+    return int((~named).sum())
+
+
+def _packed_inline(digests: list[str]) -> np.ndarray:
+    """A manifest's own digests, packed (records.py checked them when it was read)."""
+    return pack_strings(d for d in digests if is_digest(d))
 
 
 def _entries(folder: str | Path) -> list[os.DirEntry]:

@@ -14,18 +14,18 @@ import hashlib
 import json
 import os
 import unicodedata
-from collections import Counter, defaultdict
+from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Iterator, Literal, NamedTuple
 
 from images.check import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
 from lineage.contract import Output, StageContext
 from lineage.display import format_counts, printable_name
 from lineage.errors import UserError
 from lineage.params import Range
-from lineage.records import Manifest, is_digest
+from lineage.records import Manifest
 from lineage.store import canonical_json
 
 NAME = "ingest"
@@ -33,6 +33,8 @@ OUTPUT = "raw-data"
 CODE = ("stages/ingest.py", "images/check.py")
 PROGRESS_MIN_FILES = 500
 CHUNK_FILES = 64
+FINGERPRINT_FILES = 65536
+ARROW_SLICE_FILES = 65536
 STAT_CACHE_FORMAT = 2
 LARGE_FILE_BYTES = 64 << 20  # above this a file is streamed, never read whole (see _examine_large)
 
@@ -51,23 +53,12 @@ class Params:
                                                    metadata={"cache": False})
 
 
-class SourceFile(NamedTuple):
-    """One file of the scan. A tuple, not a dataclass: a million of them are built on every re-ingest,
-    and a frozen dataclass costs twice the time and memory."""
-
-    relative: str  # posix path under the source root, the entry's `path`
-    label: str
-    size: int
-    mtime_ns: int
-    inode: int
-
-
 class Examined(NamedTuple):
-    """What reading a file found (or the stat cache remembers): an image's digest, format and size, or
-    why it was rejected. `stat` is None when the result must not be cached (unreadable, changed)."""
+    """What reading one file found: an image's digest (32 bytes), format and size, or why it was rejected.
+    `cacheable` is False when the result must not be cached (unreadable, changed while read)."""
 
-    stat: tuple[int, int, int] | None
-    digest: str | None = None
+    cacheable: bool
+    digest: bytes | None = None
     format: str | None = None
     width: int = 0
     height: int = 0
@@ -76,9 +67,21 @@ class Examined(NamedTuple):
 
 @dataclass
 class Scan:
-    files: list[SourceFile]
-    problems: list[dict]  # {"path", "reason"}: files and folders that are not part of any class
-    classes: list[str]
+    """The source's files as parallel columns in scan order (class folder by class folder, each sorted by
+    path): a million files are a list of str and three int arrays, not a million tuples."""
+
+    paths: list[str] = field(default_factory=list)  # posix paths under the source root, the entries' `path`
+    sizes: array = field(default_factory=lambda: array("q"))
+    mtimes: array = field(default_factory=lambda: array("q"))
+    inodes: array = field(default_factory=lambda: array("Q"))
+    classes: list[str] = field(default_factory=list)  # the label of each class folder with files
+    ends: list[int] = field(default_factory=list)  # class folder i's files end at ends[i]
+    problems: list[dict] = field(default_factory=list)  # {"path", "reason"}: what is not part of any class
+
+    def class_ranges(self) -> Iterator[tuple[str, int, int]]:
+        """(label, first, end) per class folder, in scan order."""
+        for label, first, end in zip(self.classes, [0] + self.ends[:-1], self.ends):
+            yield label, first, end
 
 
 def input_refs(params: Params) -> dict[str, str]:
@@ -89,9 +92,15 @@ def fingerprint(params: Params) -> str:
     """The folder's identity from stat data alone: what the cache key sees of the source."""
     scan = scan_source(source_root(params))
     digest = hashlib.sha256(canonical_json(scan.problems))
-    # One line per file (relative, label, size, mtime_ns, inode), %-formatted straight from the tuple: building
-    # JSON for 100,000 rows costs more than the walk.
-    digest.update("".join(["%s\0%s\0%d\0%d\0%d\n" % f for f in scan.files]).encode())
+    # One line per file (relative, label, size, mtime_ns, inode), %-formatted: building JSON for 100,000 rows costs
+    # more than the walk. Hashed a slice at a time, so a million files never become one string.
+    for label, first, end in scan.class_ranges():
+        for start in range(first, end, FINGERPRINT_FILES):
+            stop = min(start + FINGERPRINT_FILES, end)
+            digest.update("".join(["%s\0%s\0%d\0%d\0%d\n" % (relative, label, size, mtime_ns, inode)
+                                   for relative, size, mtime_ns, inode in zip(
+                                       scan.paths[start:stop], scan.sizes[start:stop], scan.mtimes[start:stop],
+                                       scan.inodes[start:stop])]).encode())
     return digest.hexdigest()
 
 
@@ -107,9 +116,8 @@ def source_root(params: Params) -> Path:
 def scan_source(root: Path) -> Scan:
     """Walk the class folders. Hidden names are skipped; symlinks are followed only inside the root,
     and never back into a folder they sit in (a loop). What is left out is listed with the reason."""
-    files: list[SourceFile] = []
-    problems: list[dict] = []
-    classes = []
+    scan = Scan()
+    problems = scan.problems
     root_real = os.path.realpath(root)
     for entry in sorted(_list_folder(str(root), "", problems), key=lambda e: e.name):
         if entry.name.startswith("."):
@@ -119,24 +127,25 @@ def scan_source(root: Path) -> Scan:
             problems.append({"path": printable_name(entry.name), "reason": skipped})
         elif entry.is_dir():
             label = unicodedata.normalize("NFC", entry.name)
-            found = _scan_class(root, entry, label, problems, (root_real,))
-            if found:
-                classes.append(label)
-                files += found
+            if _scan_class(root, entry, label, scan, (root_real,)):
+                scan.classes.append(label)
+                scan.ends.append(len(scan.paths))
             else:
                 problems.append({"path": entry.name + "/", "reason": "empty class folder (no files), skipped"})
         else:
             problems.append({"path": entry.name, "reason": "file directly under the source folder "
                                                           "(not in a class folder), skipped"})
-    if not classes:
+    if not scan.classes:
         raise UserError(f"no class folders with files in {root}: expected one subfolder per class, "
                         f"e.g. {root}/Aves/img001.jpg")
-    return Scan(files, problems, classes)
+    return scan
 
 
-def _scan_class(root: Path, folder: os.DirEntry, label: str, problems: list[dict],
-                chain: tuple[str, ...]) -> list[SourceFile]:
-    found = []
+def _scan_class(root: Path, folder: os.DirEntry, label: str, scan: Scan, chain: tuple[str, ...]) -> int:
+    """Append a class folder's files to the scan's columns, sorted by path; returns how many."""
+    problems = scan.problems
+    paths, sizes, mtimes, inodes = scan.paths, scan.sizes, scan.mtimes, scan.inodes
+    first = len(paths)
     # Each folder carries the real paths of the folders above it: a symlink into one of them is a loop.
     stack = [(folder.path, chain + (os.path.realpath(folder.path),))]
     skip = len(str(root)) + 1  # plain string slicing: pathlib costs ~30 µs a file here
@@ -162,12 +171,19 @@ def _scan_class(root: Path, folder: os.DirEntry, label: str, problems: list[dict
                 except OSError as error:
                     problems.append({"path": relative, "reason": f"unreadable: {error.strerror}, skipped"})
                     continue
-                found.append(SourceFile(relative, label, stat.st_size, stat.st_mtime_ns, stat.st_ino))
+                paths.append(relative)
+                sizes.append(stat.st_size)
+                mtimes.append(stat.st_mtime_ns)
+                inodes.append(stat.st_ino)
             elif entry.is_dir():
                 real = os.path.realpath(entry.path) if entry.is_symlink() else f"{above[-1]}/{name}"
                 stack.append((entry.path, above + (real,)))
-    found.sort()  # by relative path: the first field, unique
-    return found
+    order = sorted(range(first, len(paths)), key=paths.__getitem__)  # paths are unique
+    if order != list(range(first, len(paths))):
+        paths[first:] = [paths[i] for i in order]
+        for column in (sizes, mtimes, inodes):
+            column[first:] = array(column.typecode, [column[i] for i in order])
+    return len(paths) - first
 
 
 def _list_folder(path: str, relative: str, problems: list[dict]) -> list[os.DirEntry]:
@@ -213,111 +229,193 @@ def _inside(root: Path, entry: os.DirEntry) -> bool:
 
 
 def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
+    import numpy as np
+
+    from lineage.rows import return_freed_memory
+
+    return_freed_memory()
     root = source_root(params)
     scan = scan_source(root)
     checks = {"full_decode": params.full_decode, "max_pixels": params.max_pixels}
     cache_path = ctx.cache_dir("stat") / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".parquet")
+    paths = _arrow_paths(scan.paths)
+    found = Found(len(paths))
     # --force re-reads every file, so each object is re-hashed and a corrupt one rewritten (StageContext.force).
-    cached = {} if ctx.force else _load_stat_cache(cache_path, checks)
+    if not ctx.force:
+        _reuse_stat_cache(cache_path, checks, scan, paths, found, ctx)
+    todo = found.unknown_rows()
+    if len(todo):
+        _examine_all(root, scan, paths, todo, params, ctx, found)
+    _save_stat_cache(ctx, cache_path, checks, scan, paths, found)
 
-    # A cached digest counts only while its object is still in the store (gc may have removed it).
-    gone = set(ctx.missing_objects([h.digest for h in cached.values() if h.digest is not None]))
-    results: dict[str, Examined] = {}
-    todo = []
-    for source in scan.files:
-        hit = cached.pop(source.relative, None)
-        if hit and hit.stat == (source.size, source.mtime_ns, source.inode) and hit.digest not in gone:
-            results[source.relative] = hit
-        else:
-            todo.append(source)
-    del cached, gone
-    if todo:
-        for source, result in zip(todo, _examine_all(root, todo, params, ctx)):
-            results[source.relative] = result
-    _save_stat_cache(ctx, cache_path, checks, results)
-
-    entries, rejected = [], list(scan.problems)
-    for source in scan.files:
-        result = results.pop(source.relative)
-        if result.reason is not None:
-            rejected.append({"path": source.relative, "reason": result.reason})
-        else:
-            entries.append({"path": source.relative, "digest": result.digest, "size": source.size,
-                            "label": source.label, "format": result.format,
-                            "width": result.width, "height": result.height})
-    entries, duplicates, conflicts = _resolve_repeats(entries, params.on_label_conflict)
+    rejected = list(scan.problems) + [{"path": paths[row].as_py(), "reason": found.reasons[row]}
+                                      for row in sorted(found.reasons)]
+    kept, duplicates, conflicts = _resolve_repeats(scan, paths, found, params.on_label_conflict)
     rejected += conflicts
-    counts = Counter(e["label"] for e in entries)
+    labels = scan_labels(scan)
+    counts: dict[str, int] = {}
+    for label, count in zip(scan.classes, np.bincount(labels[kept], minlength=len(scan.classes)).tolist()):
+        if count:  # two folders can hold one label (the same name in two Unicode forms)
+            counts[label] = counts.get(label, 0) + count
     classes = sorted(counts)
     rejected += [{"path": label + "/", "reason": "class folder with no readable image, skipped"}
                  for label in scan.classes if label not in counts]
-    if not entries:
+    if not len(kept):
         raise UserError(f"no readable image in {root}: {len(rejected)} file(s) rejected, "
                         f"first: {rejected[0]['path']} ({rejected[0]['reason']})" if rejected else
                         f"no readable image in {root}")
 
-    _report(ctx, root, scan, todo, entries, rejected, duplicates, counts)
+    _report(ctx, root, len(paths), todo, rejected, duplicates, counts)
+    table = _images_table(scan, paths, found, kept, labels)
     meta = {"classes": classes, "class_counts": dict(sorted(counts.items())),
             "rejected": sorted(rejected, key=lambda r: r["path"]), "rejected_count": len(rejected),
             "duplicates": duplicates, "checks": checks}
-    return [Output(Manifest(OUTPUT, entries=entries, meta=meta))]
+    return [Output(Manifest(OUTPUT, table=table, meta=meta))]
 
 
-def _examine_all(root: Path, todo: list[SourceFile], params: Params, ctx: StageContext) -> list[dict]:
+def _arrow_paths(paths: list[str]):
+    """The scan's paths moved into Arrow, a slice at a time from the end, each slice's strings freed as it goes:
+    from here on there is no Python object per path (converting the whole list at once costs twice its size)."""
+    import pyarrow as pa
+
+    chunks = []
+    for start in reversed(range(0, len(paths), ARROW_SLICE_FILES)):
+        chunks.append(pa.array(paths[start:], pa.string()))
+        del paths[start:]
+    return pa.chunked_array(chunks[::-1], pa.string())
+
+
+class Found:
+    """What reading each file found (or the stat cache remembers), as columns by scan row: 32-byte digests,
+    format codes and sizes in numpy arrays; the rare rejection by row."""
+
+    def __init__(self, count: int):
+        import numpy as np
+
+        self.digests = np.zeros((count, 32), dtype=np.uint8)
+        self.formats = np.full(count, -1, dtype=np.int16)  # index into format_names; -1: not known yet
+        self.format_names: list[str] = []
+        self.widths = np.zeros(count, dtype=np.int64)
+        self.heights = np.zeros(count, dtype=np.int64)
+        self.reasons: dict[int, str] = {}  # rejected rows
+        self.uncacheable: set[int] = set()  # results that must not be cached (unreadable, changed while read)
+
+    def format_code(self, name: str) -> int:
+        if name not in self.format_names:
+            self.format_names.append(name)
+        return self.format_names.index(name)
+
+    def unknown_rows(self):
+        """Rows neither the stat cache nor a read has answered: the files to read."""
+        import numpy as np
+
+        unknown = self.formats < 0
+        unknown[list(self.reasons)] = False
+        return np.flatnonzero(unknown)
+
+    def record(self, row: int, result: Examined) -> None:
+        import numpy as np
+
+        if not result.cacheable:
+            self.uncacheable.add(row)
+        if result.reason is not None:
+            self.reasons[row] = result.reason
+            return
+        self.digests[row] = np.frombuffer(result.digest, dtype=np.uint8)
+        self.formats[row] = self.format_code(result.format)
+        self.widths[row], self.heights[row] = result.width, result.height
+
+
+def scan_labels(scan: Scan):
+    """Each row's class folder, as an index into scan.classes (numpy)."""
+    import numpy as np
+
+    return np.repeat(np.arange(len(scan.classes)), np.diff([0] + scan.ends))
+
+
+def _images_table(scan: Scan, paths, found: Found, kept, labels):
+    """The kept rows as the raw-data version's columns (lineage/rows.py), sorted by path there."""
+    import numpy as np
+    import pyarrow as pa
+
+    from lineage import rows
+
+    take = pa.array(kept)
+    columns = {"path": paths.take(take), "digest": rows.hex_digests(found.digests[kept]),
+               "size": np.frombuffer(scan.sizes, dtype=np.int64)[kept],
+               "label": pa.array(scan.classes, pa.string()).take(pa.array(labels[kept])),
+               "format": pa.array(found.format_names, pa.string()).take(pa.array(found.formats[kept])),
+               "width": found.widths[kept], "height": found.heights[kept]}
+    return rows.table_from_columns("images-v1", columns)
+
+
+def _examine_all(root: Path, scan: Scan, paths, todo, params: Params, ctx: StageContext, found: Found) -> None:
     """Examine files on a thread pool, a chunk per task: a future per file would cost more in the
     main thread than the hashing saves, and hold 100,000 futures in memory on a large folder."""
     prefix = f"{root}/"
     link = params.link == "hardlink"
 
-    def examine(source: SourceFile) -> Examined:
-        path = prefix + source.relative
-        if source.size > LARGE_FILE_BYTES:
-            return _examine_large(path, source, params, ctx)
+    def examine(row: int, relative: str) -> Examined:
+        path = prefix + relative
+        size = scan.sizes[row]
+        if size > LARGE_FILE_BYTES:
+            return _examine_large(path, size, params, ctx)
         try:
-            data = _read_file(path, source.size)
+            data = _read_file(path, size)
         except OSError as error:
-            return Examined(None, reason=f"unreadable: {error.strerror}")
-        stat = (source.size, source.mtime_ns, source.inode)
-        if len(data) != source.size:
-            return Examined(None, reason="changed while being read; ingest again")
+            return Examined(False, reason=f"unreadable: {error.strerror}")
+        if len(data) != size:
+            return Examined(False, reason="changed while being read; ingest again")
         try:
             info = inspect_image(data, params.full_decode, params.max_pixels)
         except Rejected as why:
-            return Examined(stat, reason=str(why))
-        digest = hashlib.sha256(data).hexdigest()
-        ctx.write_object(data, digest, link_from=path if link else None)
-        return Examined(stat, digest, info.format, info.width, info.height)
+            return Examined(True, reason=str(why))
+        digest = hashlib.sha256(data)
+        ctx.write_object(data, digest.hexdigest(), link_from=path if link else None)
+        return Examined(True, digest.digest(), info.format, info.width, info.height)
 
-    chunks = [todo[start:start + CHUNK_FILES] for start in range(0, len(todo), CHUNK_FILES)]
     bar = None
     if ctx.progress and len(todo) >= PROGRESS_MIN_FILES:
         from tqdm import tqdm
         bar = tqdm(total=len(todo), desc="ingest", unit="file")
-    results: list[Examined] = []
+    chunks = (todo[start:start + CHUNK_FILES] for start in range(0, len(todo), CHUNK_FILES))
     with ThreadPoolExecutor(max(1, params.workers)) as pool:
-        for chunk_results in pool.map(lambda chunk: [examine(source) for source in chunk], chunks):
-            results += chunk_results
-            if bar is not None:
-                bar.update(len(chunk_results))
+        # A bounded window of chunks in flight: a million files never become a million pending results.
+        window = 4 * max(1, params.workers)
+        pending: list = []
+        for chunk in chunks:
+            rows, names = chunk.tolist(), paths.take(chunk).to_pylist()
+            pending.append((rows, pool.submit(lambda rows, names: [examine(*item) for item in zip(rows, names)],
+                                              rows, names)))
+            if len(pending) >= window:
+                _collect(pending.pop(0), found, bar)
+        for item in pending:
+            _collect(item, found, bar)
     if bar is not None:
         bar.close()
-    return results
 
 
-def _examine_large(path: str, source: SourceFile, params: Params, ctx: StageContext) -> Examined:
+def _collect(item, found: Found, bar) -> None:
+    chunk, future = item
+    for row, result in zip(chunk, future.result()):
+        found.record(row, result)
+    if bar is not None:
+        bar.update(len(chunk))
+
+
+def _examine_large(path: str, size: int, params: Params, ctx: StageContext) -> Examined:
     """A file too large to hold in memory twice: checked from its header and tail, then hashed
     while it is copied in chunks (a hard link is not worth the special case at this size)."""
-    stat = (source.size, source.mtime_ns, source.inode)
     try:
-        info = inspect_large_file(path, source.size, params.full_decode, params.max_pixels)
+        info = inspect_large_file(path, size, params.full_decode, params.max_pixels)
     except Rejected as why:
-        return Examined(stat, reason=str(why))
+        return Examined(True, reason=str(why))
     except OSError as error:
-        return Examined(None, reason=f"unreadable: {error.strerror}")
+        return Examined(False, reason=f"unreadable: {error.strerror}")
     stored = ctx.copy_object(path)
-    if stored.size != source.size:
-        return Examined(None, reason="changed while being read; ingest again")
-    return Examined(stat, stored.digest, info.format, info.width, info.height)
+    if stored.size != size:
+        return Examined(False, reason="changed while being read; ingest again")
+    return Examined(True, bytes.fromhex(stored.digest), info.format, info.width, info.height)
 
 
 def _read_file(path: str, size: int) -> bytes:
@@ -332,89 +430,220 @@ def _read_file(path: str, size: int) -> bytes:
         os.close(fd)
 
 
-def _resolve_repeats(entries: list[dict], on_conflict: str) -> tuple[list[dict], list[dict], list[dict]]:
+def _resolve_repeats(scan: Scan, paths, found: Found, on_conflict: str):
     """Same content twice in a class: keep the first path. Same content under two classes: a label
-    conflict, an error by default or, with on_label_conflict: drop, every copy is left out."""
-    by_digest: dict[str, list[dict]] = defaultdict(list)
-    for entry in entries:
-        by_digest[entry["digest"]].append(entry)
-    kept, duplicates, conflicts = [], [], []
-    for digest, group in by_digest.items():
-        labels = sorted({e["label"] for e in group})
-        if len(labels) > 1:
-            conflicts += [{"path": e["path"], "reason": f"label conflict: same content under {' and '.join(labels)}"}
-                          for e in group]
+    conflict, an error by default or, with on_label_conflict: drop, every copy is left out.
+
+    Returns the kept rows (numpy, scan order), the duplicates and the conflicts. Repeats are found by sorting
+    the 32-byte digests, so only the (rare) repeated ones become Python objects."""
+    import numpy as np
+
+    accepted = np.ones(len(paths), dtype=bool)
+    accepted[list(found.reasons)] = False
+    rows = np.flatnonzero(accepted)
+    keys = np.ascontiguousarray(found.digests[rows]).view("V32").ravel()
+    order = np.argsort(keys, kind="stable")  # equal digests stay in scan order
+    ordered = keys[order]
+    groups: dict[int, list[int]] = {}  # first row of a repeated digest -> its rows, in scan order
+    previous = -2
+    for position in np.flatnonzero(ordered[1:] == ordered[:-1]).tolist():  # equal to the next one
+        if position != previous + 1:
+            group = [int(rows[order[position]])]
+            groups[group[0]] = group
+        group.append(int(rows[order[position + 1]]))
+        previous = position
+    labels = scan_labels(scan) if groups else None
+    duplicates, conflicts, dropped = [], [], []
+    for first in sorted(groups):  # in order of first appearance, as the rows were read
+        group = groups[first]
+        names = sorted({scan.classes[labels[row]] for row in group})
+        if len(names) > 1:
+            conflicts += [{"path": paths[row].as_py(), "reason": f"label conflict: same content under "
+                                                              f"{' and '.join(names)}"} for row in group]
+            dropped += group
             continue
-        kept.append(group[0])
-        duplicates += [{"path": e["path"], "same_as": group[0]["path"]} for e in group[1:]]
+        duplicates += [{"path": paths[row].as_py(), "same_as": paths[first].as_py()} for row in group[1:]]
+        dropped += group[1:]
     if conflicts and on_conflict == "error":
         first = conflicts[0]
         raise UserError(f"{len(conflicts)} files carry the same content under different classes, first "
                         f"{first['path']} ({first['reason']}): fix the folders, or set "
                         "ingest.on_label_conflict: drop to leave every copy out")
-    return sorted(kept, key=lambda e: e["path"]), duplicates, conflicts
+    if dropped:
+        accepted[dropped] = False
+        rows = np.flatnonzero(accepted)
+    return rows, duplicates, conflicts
 
 
 # The stat cache, cache/stat/<root hash>.parquet: one row per file whose result can be reused, as columns
 # (about a quarter of the JSON it replaces, and read without a dict per row). Its key/value metadata holds the
 # format and the checks it was made with; a cache made with other checks is not used.
-_STAT_COLUMNS = (("path", "str"), ("size", "int"), ("mtime_ns", "int"), ("inode", "int"), ("digest", "str"),
+_STAT_COLUMNS = (("path", "str"), ("size", "int"), ("mtime_ns", "int"), ("inode", "uint"), ("digest", "str"),
                  ("format", "str"), ("width", "int"), ("height", "int"), ("reason", "str"))
 
 
-def _load_stat_cache(path: Path, checks: dict) -> dict[str, Examined]:
-    """The cached results by relative path. The cache is disposable: a damaged file, or any row in it
-    that is not what _examine_all writes, only means those files are read again (and the file rewritten)."""
-    if not os.path.isfile(path):  # a first ingest: not worth pyarrow.dataset's import (0.4 s)
-        return {}
+def _open_stat_cache(path: Path, checks: dict):
+    """The stat cache as an open Parquet file with the expected columns and checks, or None."""
+    if not os.path.isfile(path):  # a first ingest: not worth pyarrow.parquet's import
+        return None
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.ParquetFile(path).read()
-        metadata = table.schema.metadata or {}
+        parquet = pq.ParquetFile(path)
+        schema = parquet.schema_arrow
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    metadata = schema.metadata or {}
+    try:
         if metadata.get(b"format") != str(STAT_CACHE_FORMAT).encode() \
                 or json.loads(metadata.get(b"checks", b"null")) != checks:
-            return {}
-        columns = [table.column(name).to_pylist() for name, _ in _STAT_COLUMNS]
-    except (OSError, ValueError, KeyError, pa.ArrowException, RecursionError):  # missing, garbled, other columns
-        return {}
-    del table
-    cached = {}
-    for relative, size, mtime_ns, inode, digest, fmt, width, height, reason in zip(*columns):
-        hit = Examined((size, mtime_ns, inode), digest, fmt, width, height, reason)
-        if isinstance(relative, str) and _valid_hit(hit):
-            cached[relative] = hit
-    return cached
+            return None
+    except (ValueError, RecursionError):
+        return None
+    types = _stat_types()
+    if [(f.name, f.type) for f in schema] != [(name, types[kind]) for name, kind in _STAT_COLUMNS]:
+        return None
+    return parquet
 
 
-def _valid_hit(hit: Examined) -> bool:
-    if not all(type(n) is int for n in hit.stat):
-        return False
-    if hit.reason is None:  # a digest becomes an object path and a manifest entry: it must be one
-        return is_digest(hit.digest) and isinstance(hit.format, str) \
-            and type(hit.width) is int and type(hit.height) is int
-    return isinstance(hit.reason, str)
+def _reuse_stat_cache(cache_path: Path, checks: dict, scan: Scan, paths, found: Found, ctx: StageContext) -> None:
+    """Take each file's cached result when its stat data still match and, for an image, its object is still
+    in the store (gc may have removed it). Joined in Arrow on the path, a few columns at a time, so no Python
+    object is made per row and the cache is never held whole beside its matches. The cache is disposable: a
+    damaged file, or a row in it that is not what _save_stat_cache writes, only means files are read again."""
+    import pyarrow as pa
+
+    parquet = _open_stat_cache(cache_path, checks)
+    if parquet is None:
+        return
+    try:
+        matched = _match_stat_cache(parquet, scan, paths, ctx)
+    except (OSError, ValueError, KeyError, pa.ArrowException):  # garbled pages: read every file again
+        return
+    if matched is None:
+        return
+    rejects, reasons, targets, digests, formats, widths, heights = matched
+    for row, reason in zip(rejects.tolist(), reasons):
+        found.reasons[row] = reason
+    if len(targets):
+        import numpy as np
+
+        codes = np.array([found.format_code(name) for name in formats.dictionary.to_pylist()], dtype=np.int16)
+        found.digests[targets] = digests
+        found.formats[targets] = codes[formats.indices.to_numpy()]
+        found.widths[targets], found.heights[targets] = widths, heights
 
 
-def _save_stat_cache(ctx: StageContext, path: Path, checks: dict, results: dict[str, Examined]) -> None:
+def _match_stat_cache(parquet, scan: Scan, paths, ctx: StageContext):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from lineage import rows as row_format
+
+    cached_paths = parquet.read(columns=["path"]).column("path")
+    where = pc.fill_null(pc.index_in(paths, value_set=cached_paths), -1).to_numpy()
+    del cached_paths
+    rows = np.flatnonzero(where >= 0)
+    source = pa.array(where[rows])
+    del where
+    stat = parquet.read(columns=["size", "mtime_ns", "inode"]).take(source)
+    same = pc.fill_null(pc.and_(pc.and_(
+        pc.equal(stat.column("size"), pa.array(np.frombuffer(scan.sizes, dtype=np.int64)[rows])),
+        pc.equal(stat.column("mtime_ns"), pa.array(np.frombuffer(scan.mtimes, dtype=np.int64)[rows]))),
+        pc.equal(stat.column("inode"), pa.array(np.frombuffer(scan.inodes, dtype=np.uint64)[rows]))), False)
+    del stat
+    keep = same.to_numpy(zero_copy_only=False)
+    rows, source = rows[keep], source.filter(same)
+    hits = parquet.read(columns=["digest", "format", "width", "height", "reason"]).take(source)
+    reason = hits.column("reason")
+    image = pc.fill_null(pc.and_(pc.and_(pc.is_null(reason), pc.match_substring_regex(hits.column("digest"),
+                                                                                      "^[0-9a-f]{64}$")),
+                                 pc.and_(pc.is_valid(hits.column("format")),
+                                         pc.and_(pc.is_valid(hits.column("width")),
+                                                 pc.is_valid(hits.column("height"))))), False)
+    rejects = np.flatnonzero(pc.is_valid(reason).to_numpy(zero_copy_only=False))
+    reasons = reason.take(pa.array(rejects)).to_pylist()
+    hits = hits.filter(image)
+    targets = rows[image.to_numpy(zero_copy_only=False)]
+    digests = row_format.packed_digests(hits.column("digest"))
+    present = _present(ctx.store.objects_dir, digests)
+    hits = hits.filter(pa.array(present))
+    return (rows[rejects], reasons, targets[present], digests[present],
+            hits.column("format").combine_chunks().dictionary_encode(),
+            hits.column("width").to_numpy(), hits.column("height").to_numpy())
+
+
+def _present(objects_dir: Path, digests):
+    """Which of these 32-byte digests name an object in the store (a numpy bool mask). For many, one listdir
+    per two-digit prefix, a prefix at a time, so a million names are never held at once."""
+    import numpy as np
+
+    from lineage import rows as row_format
+
+    present = np.zeros(len(digests), dtype=bool)
+    names = row_format.hex_digests(digests).to_pylist() if len(digests) < 512 else None
+    if names is not None:
+        for index, name in enumerate(names):
+            present[index] = os.path.exists(f"{objects_dir}/{name[:2]}/{name[2:]}")
+        return present
+    first = digests[:, 0]
+    order = np.argsort(first, kind="stable")
+    bounds = np.searchsorted(first[order], np.arange(257))
+    for prefix in range(256):
+        rows = order[bounds[prefix]:bounds[prefix + 1]]
+        if not len(rows):
+            continue
+        try:
+            listed = set(os.listdir(f"{objects_dir}/{prefix:02x}"))
+        except FileNotFoundError:
+            continue
+        wanted = row_format.hex_digests(digests[rows]).to_pylist()
+        present[rows] = [name[2:] in listed for name in wanted]
+    return present
+
+
+def _stat_types() -> dict:
+    import pyarrow as pa
+
+    return {"str": pa.string(), "int": pa.int64(), "uint": pa.uint64()}
+
+
+def _save_stat_cache(ctx: StageContext, path: Path, checks: dict, scan: Scan, paths, found: Found) -> None:
+    """Write every cacheable result, a slice of rows at a time: the hex digests and other columns of a million
+    rows are never built at once."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    kept = [(relative, r) for relative, r in results.items() if r.stat is not None]
-    values = {"path": [relative for relative, _ in kept], "size": [r.stat[0] for _, r in kept],
-              "mtime_ns": [r.stat[1] for _, r in kept], "inode": [r.stat[2] for _, r in kept],
-              "digest": [r.digest for _, r in kept], "format": [r.format for _, r in kept],
-              "width": [r.width for _, r in kept], "height": [r.height for _, r in kept],
-              "reason": [r.reason for _, r in kept]}
-    del kept
-    types = {"str": pa.string(), "int": pa.int64()}
-    table = pa.table({name: pa.array(values.pop(name), type=pa.uint64() if name == "inode" else types[kind])
-                      for name, kind in _STAT_COLUMNS},
-                     metadata={"format": str(STAT_CACHE_FORMAT), "checks": json.dumps(checks, sort_keys=True)})
+    from lineage import rows as row_format
+
+    cacheable = np.ones(len(paths), dtype=bool)
+    cacheable[list(found.uncacheable)] = False
+    kept = np.flatnonzero(cacheable)
+    rejected = np.zeros(len(paths), dtype=bool)
+    rejected[list(found.reasons)] = True
+    format_names = pa.array(found.format_names + [None], pa.string())
+    types = _stat_types()
+    schema = pa.schema([(name, types[kind]) for name, kind in _STAT_COLUMNS],
+                       metadata={"format": str(STAT_CACHE_FORMAT), "checks": json.dumps(checks, sort_keys=True)})
     staging = ctx.store.temp_path(".parquet")
     try:
-        pq.write_table(table, staging, compression="zstd")
+        with pq.ParquetWriter(staging, schema, compression="zstd") as writer:
+            for start in range(0, len(kept), row_format.BATCH_ROWS):
+                rows = kept[start:start + row_format.BATCH_ROWS]
+                no_image = rejected[rows]
+                values = {"path": paths.take(pa.array(rows)), "size": np.frombuffer(scan.sizes, dtype=np.int64)[rows],
+                          "mtime_ns": np.frombuffer(scan.mtimes, dtype=np.int64)[rows],
+                          "inode": np.frombuffer(scan.inodes, dtype=np.uint64)[rows],
+                          "digest": _null_where(no_image, row_format.hex_digests(found.digests[rows])),
+                          "format": format_names.take(pa.array(np.where(no_image, len(found.format_names),
+                                                                        found.formats[rows]))),
+                          "width": found.widths[rows], "height": found.heights[rows],
+                          "reason": pa.array([found.reasons.get(row) for row in rows.tolist()], pa.string())
+                          if found.reasons else pa.nulls(len(rows), pa.string())}
+                writer.write_table(pa.table(values, schema=schema))
         os.replace(staging, path)  # not fsynced: a cache lost to a crash is recomputed
         path.with_suffix(".json").unlink(missing_ok=True)  # the JSON form of earlier versions
     except OSError:
@@ -422,9 +651,17 @@ def _save_stat_cache(ctx: StageContext, path: Path, checks: dict, results: dict[
         raise
 
 
-def _report(ctx, root, scan, todo, entries, rejected, duplicates, counts) -> None:
-    ctx.log(f"ingest: {root}: {len(scan.files):,} files, {len(todo):,} read, "
-            f"{len(scan.files) - len(todo):,} unchanged (stat cache)")
+def _null_where(mask, values):
+    """`values` with null where `mask` is set (a rejected file has no digest)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return pc.if_else(pa.array(mask), pa.nulls(len(values), values.type), values)
+
+
+def _report(ctx, root, count, todo, rejected, duplicates, counts) -> None:
+    ctx.log(f"ingest: {root}: {count:,} files, {len(todo):,} read, "
+            f"{count - len(todo):,} unchanged (stat cache)")
     for item in rejected[:20]:
         ctx.log(f"  rejected {item['path']}: {item['reason']}")
     if len(rejected) > 20:

@@ -9,7 +9,7 @@ version and params give the same digest anywhere.
 from __future__ import annotations
 
 import random
-from collections import defaultdict
+from array import array
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -65,34 +65,55 @@ def fingerprint(params: Params) -> None:
 
 
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
-    raw = inputs["raw-data"]
-    by_class: dict[str, list[str]] = defaultdict(list)
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    # One class at a time, filtered in Arrow: no label string or tuple per image in Python.
+    from lineage.rows import return_freed_memory, table_from_columns
+
+    return_freed_memory()
+    raw = inputs["raw-data"]
+    # Sorted once in Arrow by (class, digest): each class is then a slice, and no digest becomes a Python string.
     rows = raw.rows(["label", "digest"])
-    labels = rows.column("label")
-    for label in pc.unique(labels).to_pylist():
-        by_class[label] = rows.filter(pc.equal(labels, label)).column("digest").to_pylist()
-    del rows, labels
-    sizes = {label: len(digests) for label, digests in sorted(by_class.items())}
+    rows = rows.take(pc.sort_indices(rows, sort_keys=[("label", "ascending"), ("digest", "ascending")]))
+    counted = pc.value_counts(rows.column("label"))
+    sizes = dict(sorted(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
     wanted = split_counts(sizes, params, ctx.log)
 
-    entries: dict[str, dict[str, list[str]]] = {name: {} for name in params.per_class}
-    for label, digests in sorted(by_class.items()):
-        shuffled = sorted(digests)
-        random.Random(f"{params.seed}:{label}").shuffle(shuffled)
+    chosen: dict[tuple[str, str], object] = {}  # (split, class) -> its digests, sorted
+    first = 0
+    for label, size in sizes.items():  # in the sorted order of the rows
+        digests = rows.column("digest").slice(first, size)
+        first += size
+        # The shuffle of the sorted digests, as positions: Random.shuffle's permutation depends only on the
+        # length and the seed, so shuffling 0..n-1 in an int64 array gives the same order as shuffling a list
+        # of the digests themselves, at 8 bytes an image.
+        order = array("q", range(size))
+        random.Random(f"{params.seed}:{label}").shuffle(order)
         start = 0
         for name in params.per_class:
-            count = wanted[label][name]
-            entries[name][label] = sorted(shuffled[start:start + count])
-            start += count
+            part = digests.take(pa.array(order[start:start + wanted[label][name]], pa.int64()))
+            chosen[name, label] = part.take(pc.sort_indices(part))
+            start += wanted[label][name]
+    del rows
+    counts = {name: {label: len(chosen[name, label]) for label in sizes} for name in params.per_class}
+    keys = sorted(chosen)  # stream order: by split, then class (lineage/rows.py)
+    table = table_from_columns("splits-v1", {
+        "split": _chunked([pa.array([name] * len(chosen[name, label]), pa.string()) for name, label in keys]),
+        "label": _chunked([pa.array([label] * len(chosen[name, label]), pa.string()) for name, label in keys]),
+        "digest": _chunked([chosen.pop(key) for key in keys])})
 
-    counts = {name: {label: len(d) for label, d in per_label.items()} for name, per_label in entries.items()}
     ctx.log(f"split: {raw.ref} → " + ", ".join(f"{n} {sum(c.values()):,}" for n, c in counts.items()))
     ctx.log(format_counts(counts, sorted(sizes)))
-    return [Output(Manifest(OUTPUT, splits=entries, source=raw.version.key,
+    return [Output(Manifest(OUTPUT, table=table, source=raw.version.key,
                             meta={"classes": sorted(sizes), "counts": counts, "class_sizes": sizes}))]
+
+
+def _chunked(parts: list):
+    """One column from its parts, without copying them into one buffer."""
+    import pyarrow as pa
+
+    arrays = [chunk for part in parts for chunk in (part.chunks if isinstance(part, pa.ChunkedArray) else [part])]
+    return pa.chunked_array(arrays, pa.string())
 
 
 def split_counts(sizes: dict[str, int], params: Params, warn) -> dict[str, dict[str, int]]:

@@ -158,3 +158,48 @@ def test_hardlink_mode_links_the_source_files_and_verify_sees_them_edited(tmp_pa
     problems = verify(stores["hardlink"]).problems
     assert len(problems) == 1 and problems[0].startswith(f"object {edited['digest'][:12]} is corrupt")
     assert verify(stores["copy"]).problems == []
+
+
+@pytest.mark.parametrize("files", [12, 600])  # below and above the count where presence is checked by listdir
+def test_stat_cache_keeps_rejections_and_repeats_and_rereads_what_gc_removed(tmp_path, files, monkeypatch):
+    """A changed folder re-reads only what changed: rejections, duplicates and conflicts the stat cache
+    remembers come out as a full read gives them, and a cached image whose object is gone is read again."""
+    from lineage import rows
+
+    monkeypatch.setattr(rows, "BATCH_ROWS", 7)  # the cache is written and read back in many slices
+    root = make_class_folders(tmp_path / "src", {"Aves": files // 2, "Insecta": files - files // 2})
+    (root / "Aves" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    shutil.copy(root / "Aves" / "img_001.png", root / "Aves" / "again.png")
+    shutil.copy(root / "Aves" / "img_002.png", root / "Insecta" / "same.png")
+    first, _ = _ingest(tmp_path, root, on_label_conflict="drop")
+    store = Store.open(tmp_path / "store")
+    gone = next(e["digest"] for e in first["entries"] if e["path"] == "Insecta/img_003.png")
+    os.unlink(store.object_path(gone))
+    write_image(root / "Aves" / "img_000.png", seed=4242)  # a change: the run is not a cache hit
+    again, messages = _ingest(tmp_path, root, on_label_conflict="drop")
+    assert f"{files + 3:,} files, 2 read, {files + 1:,} unchanged" in messages[0]
+    assert store.object_path(gone).is_file()
+    for key in ("rejected", "duplicates", "rejected_count", "class_counts"):
+        assert again["meta"][key] == first["meta"][key], key
+    changed = {"Aves/img_000.png"}
+    assert [e for e in again["entries"] if e["path"] not in changed] == \
+        [e for e in first["entries"] if e["path"] not in changed]
+    assert {"path": "Aves/img_001.png", "same_as": "Aves/again.png"} in again["meta"]["duplicates"]  # first by path
+    assert {r["path"] for r in again["meta"]["rejected"]} >= {"Aves/broken.png", "Aves/img_002.png",
+                                                              "Insecta/same.png"}
+
+
+def test_a_cache_hit_needs_every_object_its_rows_name(tmp_path):
+    """An unchanged folder is reused only while the store holds every image of its version: the check reads
+    the sorted digest cache one object folder at a time, and must still see a single missing object."""
+    root = make_class_folders(tmp_path / "src", {"Aves": 30, "Insecta": 30})
+    made, _ = _ingest(tmp_path, root)
+    store = Store.open(tmp_path / "store")
+    assert list((store.cache_dir / "rows").glob("*.sorted-digests"))
+    digests = sorted(e["digest"] for e in made["entries"])
+    shared = next(d for d, before in zip(digests[1:], digests) if d[:2] == before[:2])  # not first in its folder
+    for digest in (digests[0], shared, digests[len(digests) // 2], digests[-1]):
+        os.unlink(store.object_path(digest))
+        result = runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None)
+        assert not result.reused and store.object_path(digest).is_file()
+    assert runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None).reused

@@ -91,3 +91,26 @@ def test_allow_small_classes_warns_and_scales(raw_store):
 def test_bad_split_params(per_class, message):
     with pytest.raises(UserError, match=message):
         split.Params(per_class=per_class)
+
+
+def test_split_is_the_seeded_shuffle_of_each_class_sorted_digests(raw_store):
+    """The split shuffles positions, not digest strings, to stay columnar: it must pick exactly what shuffling
+    each class's sorted digests with random.Random(f"{seed}:{class}") picks (the rule the digest rests on)."""
+    import random
+
+    from lineage.records import Manifest
+
+    made, result = _split(raw_store, per_class={"train": 0.5, "val": 0.25}, balanced=False, seed=11)
+    rows = raw_store.read_rows(raw_store.read_manifest(VersionRef("raw-data", made["source"]["digest"])),
+                               ["label", "digest"]).to_pylist()
+    expected = {"train": {}, "val": {}}
+    for label in sorted({row["label"] for row in rows}):
+        shuffled = sorted(row["digest"] for row in rows if row["label"] == label)
+        random.Random(f"11:{label}").shuffle(shuffled)
+        train, val = int(0.5 * len(shuffled)), int(0.25 * len(shuffled))
+        expected["train"][label] = sorted(shuffled[:train])
+        expected["val"][label] = sorted(shuffled[train:train + val])
+    assert made["entries"] == expected
+    reference = raw_store.write_manifest(Manifest("split", splits=expected, source=VersionRef(**made["source"]),
+                                                  meta=made["meta"]))
+    assert reference == result.outputs[0].key  # the same rows give the same version
