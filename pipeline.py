@@ -181,15 +181,42 @@ def cmd_lineage(args) -> int:
         for line in rebuild_lineage(store):
             print(line)
         return 0
+    if args.out and args.format == "tree":
+        raise UserError("--out writes an export: add --format svg, html, dot, mermaid or json")
     graph = Graph.load(store)
-    if args.format != "tree":
-        print(export_graph(graph, args.format))
+    if args.format in ("svg", "html"):
+        _write_or_print(_graph_picture(store, graph, args.ref, args.format), args.out)
+    elif args.format != "tree":
+        _write_or_print(export_graph(graph, args.format), args.out)
     elif args.ref:
         print(lineage_tree(graph, graph.resolve(args.ref)))
     else:
         for version in graph.all_versions():
             print(lineage_tree(graph, version))
     return 0
+
+
+def _graph_picture(store, graph, ref: str | None, fmt: str) -> str:
+    """The whole store's graph, or the part around REF, as SVG or a self-contained HTML page."""
+    from lineage import draw
+
+    versions = draw.around(graph, graph.resolve(ref)) if ref else graph.all_versions()
+    picture = draw.lay_out(draw.picture(draw.describe(store, graph, versions)))
+    if fmt == "svg":
+        return draw.svg(picture)
+    return draw.html_page(picture, f"Lineage around {ref}" if ref else f"Lineage of {store.root}")
+
+
+def _write_or_print(text: str, out: str | None) -> None:
+    if out is None:
+        print(text)
+        return
+    try:
+        with open(out, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    except FileNotFoundError:
+        raise UserError(f"cannot write {out}: its folder {os.path.dirname(os.path.abspath(out))} does not exist; "
+                        "create it or give --out another path") from None
 
 
 def cmd_verify(args) -> int:
@@ -249,15 +276,60 @@ def cmd_gc(args) -> int:
     return 0
 
 
+# -- remotes: push and pull -----------------------------------------------------------------
+
+def cmd_remote(args) -> int:
+    from lineage import remote
+
+    store = _store(_config(args), create=args.action == "add")  # a new store can be filled by a pull
+    if args.action == "add":
+        if not args.name or not args.url:
+            raise UserError("remote add needs a NAME and a URL: `pipeline.py remote add NAME s3://BUCKET/PREFIX` "
+                            "or a folder path")
+        added = remote.add_remote(store.root, args.name, args.url, args.endpoint_url, args.default)
+        print(f"remote {added.name}: {added.url}" + (f" (endpoint {added.endpoint_url})" if added.endpoint_url else ""))
+    elif args.action == "remove":
+        if not args.name:
+            raise UserError("remote remove needs the NAME of a remote: see `pipeline.py remote list`")
+        remote.remove_remote(store.root, args.name)
+        print(f"remote {args.name} removed (nothing on it was touched)")
+    else:
+        remotes, default = remote.load_config(store.root)
+        for name, item in sorted(remotes.items()):
+            endpoint = f"  endpoint {item.endpoint_url}" if item.endpoint_url else ""
+            print(f"{name}{' (default)' if name == default else ''}  {item.url}{endpoint}")
+        if not remotes:
+            print("no remotes: add one with `pipeline.py remote add NAME URL --default`")
+    return 0
+
+
+def cmd_sync(args) -> int:
+    """push or pull: what the other side lacks, in commit order (lineage/sync.py)."""
+    from lineage import sync
+    from lineage.remote import open_remote
+
+    if args.jobs < 1:
+        raise UserError(f"--jobs is {args.jobs}: give 1 or more")
+    store = _store(_config(args))
+    target = open_remote(store.root, args.remote, workers=args.jobs)
+    if args.command == "push":
+        transfer = sync.push(store, target, args.refs, workers=args.jobs, progress=_progress(args))
+    else:
+        transfer = sync.pull(store, target, args.refs, with_ancestors=args.with_ancestors, workers=args.jobs,
+                             progress=_progress(args))
+    print(transfer.summary())
+    return 0
+
+
 # -- prediction tables and reports ----------------------------------------------------------
 
 def cmd_table(args) -> int:
     from tables.table import format_table, query_table
 
-    frame = _predictions(args, args.ref)
+    frame, grouping = _table_frame(args, args.ref)
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     result = query_table(frame, filter=args.filter, sort=args.sort, descending=args.desc, group_by=args.group_by,
-                         columns=columns, limit=args.limit)
+                         columns=columns, limit=args.limit, **grouping)
     print(format_table(result, args.format), end="")
     return 0
 
@@ -282,6 +354,8 @@ def cmd_report(args) -> int:
         _check_report_path(Path(args.out))
     config = _config(args)
     store = _store(config)
+    if _dataset_version(store, args.refs[0]) is not None:
+        return _report_dataset(args, config, store)
     config.sections["evaluate"].update(input=args.refs[0], across=args.refs[1:])
     if args.compare:
         config.sections["evaluate"].update(compare_with=args.compare)
@@ -298,6 +372,67 @@ def cmd_report(args) -> int:
         raise UserError(f"cannot write the report to {out} ({error.strerror}): {version.ref} is in the store; "
                         "pass --out with a writable file path") from None
     _say_result(result)
+    print(f"report: {out.resolve()}")
+    return 0
+
+
+def _dataset_version(store, ref: str):
+    """The raw-data or split version `ref` names, or None for any other (a predictions version's report)."""
+    from lineage.graph import Graph
+    from tables.datasets import DATASET_NAMES
+
+    version = Graph.load(store).resolve(ref)
+    return version if version.name in DATASET_NAMES else None
+
+
+def _report_dataset(args, config, store) -> int:
+    """A raw-data or split version's page (report/dataset.py), written to --out; nothing goes into the store
+    but thumbnails in its cache, which are evaluate's (same size setting, same files)."""
+    from pathlib import Path
+
+    from lineage.atomic import write_atomic
+    from lineage.contract import Artifact, StageContext
+    from lineage.graph import Graph
+    from report.dataset import render_dataset_page
+    from stages import evaluate
+    from tables import datasets
+
+    graph = Graph.load(store)
+    version = graph.resolve(args.refs[0])
+    if len(args.refs) > 1 or args.compare:
+        raise UserError(f"{args.refs[0]} is a {version.name} version: a dataset page shows one version; "
+                        f"drop the other versions and --compare (they are for predictions)")
+    out = Path(args.out or f"reports/{version.name}-v{version.v}.html")
+    _check_report_path(out)
+    artifact = Artifact.open(store, graph, version)
+    params = config.params("evaluate")
+
+    class ViewContext(StageContext):
+        """Thumbnails are a cache: a read-only or full store still gets its page, made without one."""
+
+        def write_cache(self, path, data) -> None:
+            try:
+                super().write_cache(path, data)
+            except OSError:
+                pass
+
+        def cache_dir(self, *parts: str):
+            try:
+                return super().cache_dir(*parts)
+            except OSError:
+                return self.store.cache_dir.joinpath(*parts)
+
+    context = ViewContext(store, "report", log=_logger(args), progress=False)
+    page = render_dataset_page(title=f"Dataset {version.ref}", ref=version.ref,
+                               frame=datasets.dataset_frame(artifact),
+                               classes=datasets.dataset_grouping(artifact)["classes"],
+                               thumbnails=lambda ids: evaluate.thumbnails(artifact, ids, params, context))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, page.encode("utf-8"), durable=False)
+    except OSError as error:
+        raise UserError(f"cannot write the dataset page to {out} ({error.strerror}): pass --out with a writable "
+                        "file path") from None
     print(f"report: {out.resolve()}")
     return 0
 
@@ -322,6 +457,26 @@ def cmd_demo_data(args) -> int:
         counts = data.fashion_mnist(out, args.per_class, args.source)
     print(f"demo-data: {sum(counts.values()):,} images in {len(counts)} class folders under {out}")
     return 0
+
+
+def _table_frame(args, ref: str):
+    """What `table` reads: a predictions table, or a raw-data or split version's images (tables/datasets.py)
+    with the group-by and class order of a dataset."""
+    from lineage.contract import Artifact
+    from lineage.graph import Graph
+    from tables import datasets
+    from tables.predictions import read_predictions
+
+    store = _store(_config(args))
+    graph = Graph.load(store)
+    version = graph.resolve(ref)
+    if version.name not in ("predictions",) + datasets.DATASET_NAMES:
+        raise UserError(f"{ref} is a {version.name} version: `table` reads predictions, raw-data and split versions, "
+                        "e.g. `pipeline.py table split:latest --group-by split`")
+    artifact = Artifact.open(store, graph, version)
+    if datasets.is_dataset(artifact):
+        return datasets.dataset_frame(artifact), datasets.dataset_grouping(artifact)
+    return read_predictions(artifact), {}
 
 
 def _predictions(args, ref: str):
@@ -406,8 +561,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.set_defaults(handler=cmd_alias)
 
     sub = commands.add_parser("lineage", parents=[common], help="ancestors and descendants; export the graph")
-    sub.add_argument("ref", nargs="?")
-    sub.add_argument("--format", choices=("tree", "dot", "mermaid", "json"), default="tree")
+    sub.add_argument("ref", nargs="?", help="only the part around this version (tree, svg, html)")
+    sub.add_argument("--format", choices=("tree", "dot", "mermaid", "json", "svg", "html"), default="tree",
+                     help="svg: the graph as a picture; html: the picture with click-to-summary, one file")
+    sub.add_argument("--out", metavar="FILE", help="write the export here instead of printing it")
     sub.add_argument("--rebuild", action="store_true", help="rebuild lineage.json from runs/ and manifests/")
     sub.set_defaults(handler=cmd_lineage)
 
@@ -426,12 +583,35 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with runs in progress, wait for them to finish instead of failing at once")
     sub.set_defaults(handler=cmd_gc)
 
-    sub = commands.add_parser("table", parents=[common], help="filter, sort and group a predictions table")
-    sub.add_argument("ref", help="a predictions version, e.g. predictions:latest")
+    sub = commands.add_parser("remote", parents=[common], help="add, list or remove remotes (S3 or a shared folder)")
+    sub.add_argument("action", choices=("add", "list", "remove"))
+    sub.add_argument("name", nargs="?", help="the remote's name, e.g. team")
+    sub.add_argument("url", nargs="?", help="s3://BUCKET/PREFIX, or a folder (/mnt/team-store, file:///…)")
+    sub.add_argument("--default", action="store_true", help="push and pull use it without --remote")
+    sub.add_argument("--endpoint-url", help="an S3-compatible server (MinIO, Ceph, R2): http(s)://HOST[:PORT]")
+    sub.set_defaults(handler=cmd_remote)
+
+    for name, verb in (("push", "upload what the remote lacks: objects, then manifests, then run records"),
+                       ("pull", "download versions from the remote, checking every object's hash")):
+        sub = commands.add_parser(name, parents=[common], help=verb)
+        sub.add_argument("refs", nargs="*", metavar="REF",
+                         help="versions (default: all), with their ancestors' run records and manifests"
+                              + (" (objects too with --with-ancestors)" if name == "pull" else " and objects"))
+        sub.add_argument("--remote", "-r", help="the remote's name (default: the store's default remote)")
+        sub.add_argument("--jobs", "-j", type=int, default=16, help="parallel transfers (default 16)")
+        if name == "pull":
+            sub.add_argument("--with-ancestors", action="store_true",
+                             help="also fetch the objects of the versions they were made from")
+        sub.set_defaults(handler=cmd_sync)
+
+    sub = commands.add_parser("table", parents=[common],
+                              help="filter, sort and group a predictions table or a dataset version's images")
+    sub.add_argument("ref", help="a predictions, raw-data or split version, e.g. predictions:latest, split:v2")
     sub.add_argument("--filter", help='W&B-style expression, e.g. \'x["truth"] = "Aves" and x["guess"] != "Aves"\'')
     sub.add_argument("--sort", help="column to sort by, e.g. score_Aves")
     sub.add_argument("--desc", action="store_true", help="sort descending")
-    sub.add_argument("--group-by", help="truth (guesses per true class), guess, or any column")
+    sub.add_argument("--group-by", help="truth (guesses per true class), guess, split or label (a dataset's "
+                     "split x class counts), or any column")
     sub.add_argument("--columns", help="comma-separated columns to show")
     sub.add_argument("--limit", type=int, help="show at most N rows")
     sub.add_argument("--format", choices=("text", "csv", "json", "markdown"), default="text")
@@ -445,11 +625,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--format", choices=("text", "json", "markdown", "csv"), default="text")
     sub.set_defaults(handler=cmd_compare)
 
-    sub = commands.add_parser("report", parents=[common], help="evaluate predictions and write report.html")
+    sub = commands.add_parser("report", parents=[common],
+                              help="evaluate predictions and write report.html, or a raw-data or split version's page")
     sub.add_argument("refs", nargs="+", metavar="REF",
-                     help="predictions to report on; any more are points on the AP-across-runs plot")
+                     help="predictions to report on (any more are points on the AP-across-runs plot), or one "
+                     "raw-data or split version: its split x class counts and image previews")
     sub.add_argument("--compare", metavar="REF", help="predictions of another model on the same images, side by side")
-    sub.add_argument("--out", help="where to write the HTML (default reports/eval-vN.html)")
+    sub.add_argument("--out", help="where to write the HTML (default reports/eval-vN.html, reports/split-vN.html)")
     sub.add_argument("--force", action="store_true")
     sub.set_defaults(handler=cmd_report)
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from lineage.errors import UserError
 from models.data import progress_enabled
-from tables.predictions import FIXED_COLUMNS, is_labelled, score_column
+from tables.predictions import FIXED_COLUMNS, guesses, is_labelled, score_column
 
 
 def predict_table(
@@ -26,10 +26,13 @@ def predict_table(
     class_names: list[str],
     batch_size: int = 64,
     progress: bool | None = None,
+    min_score: float | dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """One row per image: FIXED_COLUMNS, then score_<class> per class.
 
     `truth` is None for unlabelled images (and "" becomes None). `progress` None shows a bar only on a terminal.
+    `min_score` (one number, or some classes' own) turns a guess whose top score is below it into "unknown"
+    (tables/predictions.py: guesses); `confidence` and the scores stay the model's.
     """
     count = len(images)
     if not (len(ids) == len(paths) == len(splits) == len(truths) == count):
@@ -44,7 +47,7 @@ def predict_table(
     scores = predict_scores(model, images, batch_size, progress)
     best = scores.argmax(axis=1)
     columns = (list(ids), list(paths), list(splits), [truth if is_labelled(truth) else None for truth in truths],
-               [class_names[i] for i in best], scores[np.arange(count), best])
+               guesses(scores, class_names, min_score), scores[np.arange(count), best])
     table = pd.DataFrame(dict(zip(FIXED_COLUMNS, columns, strict=True)))
     score_frame = pd.DataFrame(scores, columns=[score_column(c) for c in class_names])
     return pd.concat([table, score_frame], axis=1)

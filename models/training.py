@@ -6,6 +6,11 @@ they are computed once (and kept on disk for the next run) and the head is fitte
 the same gradient steps, at a fraction of the cost. Phase 2 unfreezes the top of the
 backbone, keeps BatchNorm frozen in inference mode, and fine-tunes at a small learning rate.
 
+Validation is one prediction of the validation set per epoch (`_ValidationPass`), made by the first
+callback: validation loss and accuracy (what the checkpoint, early stopping and the learning-rate
+schedule read) and micro-, macro- and per-class average precision all come from it, so AP costs no
+second pass over the data. Keras' own validation pass is not run.
+
 The caller builds the extractor and head (models.backbones) and does all store I/O; this
 module only trains, checkpointing the best validation epoch to the path it is given.
 """
@@ -22,6 +27,7 @@ import numpy as np
 
 from lineage.errors import UserError
 from models.data import build_augmentation, make_dataset, save_array_atomic
+from tables.average_precision import average_precisions
 
 LOSS = "sparse_categorical_crossentropy"
 MONITOR = "val_accuracy"
@@ -52,7 +58,9 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: Any  # the composed classifier (uncompiled), best validation weights restored
-    history: list[dict[str, Any]]  # one dict per epoch: phase, epoch, loss, accuracy, val_loss, val_accuracy, lr
+    # One dict per epoch: phase, epoch (counted on across both phases), loss, accuracy, val_loss, val_accuracy,
+    # val_micro_ap, val_macro_ap, val_class_ap ({class: AP, None where val has no image of it}), lr.
+    history: list[dict[str, Any]]
     best: dict[str, Any]  # val_accuracy, val_loss, epoch, phase of the epoch whose weights were kept
 
 
@@ -68,12 +76,14 @@ def train_two_phase(
     feature_cache_dir: str | None = None,
     log: Callable[[str], None] = print,
     build_classifier: Callable | None = None,
+    class_names: list[str] | None = None,
 ) -> TrainResult:
     """Fit head then top of backbone; return the classifier with its best validation weights.
 
     `feature_cache_dir` must be keyed by the caller on everything the features depend on
     (split, backbone and weights, image size, resize mode). `build_classifier` defaults to
-    models.backbones.build_classifier.
+    models.backbones.build_classifier. `class_names` (in label order) name the per-class AP in the
+    history; without them the classes are named by index.
     """
     _check_inputs(train_images, train_labels, val_images, val_labels, cfg, checkpoint_path, head)
     if _finetunes(cfg):
@@ -85,6 +95,13 @@ def train_two_phase(
     augment = build_augmentation(cfg.augmentation, seed=cfg.seed)
     checkpoint = _BestCheckpoint(classifier, checkpoint_path)
     history: list[dict[str, Any]] = []
+    names = list(class_names) if class_names is not None else [str(i) for i in range(head.output_shape[-1])]
+    if len(names) != head.output_shape[-1]:
+        raise ValueError(f"{len(names)} class names for a head of {head.output_shape[-1]} classes")
+    absent = [name for index, name in enumerate(names) if not np.any(np.asarray(val_labels) == index)]
+    if absent:
+        log(f"val has no image of {', '.join(absent)}: their AP is undefined, and the macro AP is over "
+            f"the other {len(names) - len(absent)} classes")
 
     train, val = (train_images, train_labels), (val_images, val_labels)
 
@@ -97,16 +114,17 @@ def train_two_phase(
                 for split, (images, labels) in (("train", train), ("val", val))
             }
             _compile(head, cfg.lr_head)
-            _fit(head, "head", features["train"], features["val"], None, cfg.epochs_head, cfg, checkpoint, history)
+            _fit(head, "head", features["train"], features["val"], None, cfg.epochs_head, cfg, checkpoint, history,
+                 names)
         else:
             log("head: fitting on images (frozen backbone)")
             _compile(classifier, cfg.lr_head)
-            _fit(classifier, "head", train, val, augment, cfg.epochs_head, cfg, checkpoint, history)
+            _fit(classifier, "head", train, val, augment, cfg.epochs_head, cfg, checkpoint, history, names)
 
     if _finetunes(cfg):
         log(f"finetune: {unfreeze_top(extractor, cfg.unfreeze)}")
         _compile(classifier, cfg.lr_finetune)
-        _fit(classifier, "finetune", train, val, augment, cfg.epochs_finetune, cfg, checkpoint, history)
+        _fit(classifier, "finetune", train, val, augment, cfg.epochs_finetune, cfg, checkpoint, history, names)
 
     classifier.set_weights(checkpoint.best_weights)  # the best epoch of either phase
     best = _best_epoch(history)
@@ -207,9 +225,12 @@ def _compile(model, learning_rate: float) -> None:
 
 
 def _fit(model, phase: str, train: tuple, val: tuple, augment, epochs: int, cfg: TrainConfig,
-         checkpoint: "_BestCheckpoint", history: list[dict[str, Any]]) -> None:
+         checkpoint: "_BestCheckpoint", history: list[dict[str, Any]], class_names: list[str]) -> None:
     """`epochs` more epochs of `model.fit`, numbered on from the epochs already in `history`."""
-    callbacks = [checkpoint, _EpochRecorder(phase, history)]
+    validation = _ValidationPass(*val, cfg.batch_size, class_names)
+    # First: Keras hands every callback the same logs dict in list order, so the checkpoint, early
+    # stopping and the learning-rate schedule after it read the val_* values it writes.
+    callbacks = [validation, checkpoint, _EpochRecorder(phase, history, validation)]
     if cfg.early_stopping_patience is not None:
         callbacks.append(keras.callbacks.EarlyStopping(
             MONITOR, mode="max", patience=cfg.early_stopping_patience, restore_best_weights=True))
@@ -221,7 +242,6 @@ def _fit(model, phase: str, train: tuple, val: tuple, augment, epochs: int, cfg:
     first = len(history)
     model.fit(
         make_dataset(*train, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment),
-        validation_data=make_dataset(*val, cfg.batch_size),
         epochs=first + epochs,
         initial_epoch=first,
         callbacks=callbacks,
@@ -239,12 +259,50 @@ def _best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
     return {key: best[key] for key in ("val_accuracy", "val_loss", "epoch", "phase")}
 
 
-class _EpochRecorder(keras.callbacks.Callback):
-    """Appends one plain dict per epoch, with the learning rate the epoch ran at."""
+VAL_KEYS = ("val_loss", "val_accuracy", "val_micro_ap", "val_macro_ap")
 
-    def __init__(self, phase: str, history: list[dict[str, Any]]):
+
+class _ValidationPass(keras.callbacks.Callback):
+    """Predicts the validation set once at the end of each epoch and writes what it measures into `logs`.
+
+    val_loss and val_accuracy mean what Keras' own validation pass means (the compiled loss, plus any
+    weight regularisation, averaged over the images; the arg-max against the label), so everything that
+    monitors them behaves as before. val_micro_ap and val_macro_ap follow scikit-learn's
+    average_precision_score; the per-class AP, a dict too wide for the progress line, is kept in
+    `class_ap` for the recorder. An AP that is undefined (no image of the class, or predictions that are
+    not finite) is NaN in `logs` and None in `class_ap`.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, class_names: list[str]):
         super().__init__()
-        self.phase, self.history = phase, history
+        self.dataset = make_dataset(images, None, batch_size)
+        self.labels = np.asarray(labels)
+        self.class_names = class_names
+        self.class_ap: dict[str, float | None] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {} if logs is None else logs
+        probabilities = np.asarray(self.model.predict(self.dataset, verbose=0))
+        losses = keras.ops.convert_to_numpy(keras.losses.get(LOSS)(self.labels, probabilities))
+        regularisation = sum(float(keras.ops.convert_to_numpy(loss)) for loss in self.model.losses)
+        logs["val_loss"] = float(np.mean(losses, dtype=np.float64)) + regularisation
+        logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.labels))
+        if np.isfinite(probabilities).all():
+            ap = average_precisions(self.labels, probabilities)
+            micro, macro, per_class = ap.micro, ap.macro, ap.per_class
+        else:  # a diverged epoch: its AP is undefined, and the loss says why
+            micro, macro, per_class = None, None, [None] * len(self.class_names)
+        logs["val_micro_ap"] = np.nan if micro is None else micro
+        logs["val_macro_ap"] = np.nan if macro is None else macro
+        self.class_ap = dict(zip(self.class_names, per_class))
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    """Appends one plain dict per epoch, with the learning rate the epoch ran at and the per-class AP."""
+
+    def __init__(self, phase: str, history: list[dict[str, Any]], validation: _ValidationPass):
+        super().__init__()
+        self.phase, self.history, self.validation = phase, history, validation
 
     def on_epoch_begin(self, epoch, logs=None):
         self._lr = float(self.model.optimizer.learning_rate.numpy())
@@ -252,7 +310,10 @@ class _EpochRecorder(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         row = {"phase": self.phase, "epoch": epoch + 1}
-        row.update({key: float(logs.get(key, np.nan)) for key in ("loss", "accuracy", "val_loss", "val_accuracy")})
+        row.update({key: float(logs.get(key, np.nan)) for key in ("loss", "accuracy", *VAL_KEYS)})
+        for key in ("val_micro_ap", "val_macro_ap"):  # JSON has no NaN: an undefined AP is null
+            row[key] = None if np.isnan(row[key]) else row[key]
+        row["val_class_ap"] = dict(self.validation.class_ap)
         row["lr"] = self._lr
         self.history.append(row)
 

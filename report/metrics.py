@@ -16,6 +16,17 @@ rows x 10 classes the pooled micro curve has ~10 million points, so the arrays
 of a curve are derived only when asked for (`Curve.pr`, `Curve.roc`) and the
 plots draw a thinned copy (report/plots.py).
 
+Operating thresholds (`thresholds`) come from a second kind of curve per class, the operating curve:
+the labelled rows whose top score is that class's, ranked by that score, each right or wrong. It is
+exactly what infer's `min_score` acts on (a guess whose top score is below its class's minimum becomes
+"unknown"), so the precision, recall and unknown count read off it at a threshold are the ones a
+prediction table made with that minimum scores. The one-vs-rest PR curve cannot say that: below 0.5
+its "predicted" rows include images whose top guess is another class, which no minimum changes.
+
+An "unknown" guess (tables/predictions.py) is wrong for accuracy and recall, predicts no class (so
+it leaves precision alone), and is counted on its own: overall, per true class, and as the last
+column of the confusion matrix.
+
 scikit-learn is imported inside the functions that use it: it takes about a
 second, and report/html.py imports this module only for `round_significant`.
 """
@@ -29,13 +40,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from lineage.errors import UserError
-from tables.predictions import labelled_mask, score_column
+from tables.predictions import UNKNOWN, labelled_mask, score_column, unknown_mask
 
 SIGNIFICANT_DIGITS = 6
 EXACT_POWER_OF_TEN = 22  # 10**22 is the largest power of ten a double holds exactly
+DEFAULT_TARGET = {"precision": 0.9}  # evaluate.threshold_for's default: W&B's "production threshold" reading
+ALL_CLASSES = "(all)"  # the operating curve of one minimum score for every class
 
 
-def compute_metrics(frame: pd.DataFrame, classes: list[str], top_k: int = 3) -> dict:
+def compute_metrics(frame: pd.DataFrame, classes: list[str], top_k: int = 3,
+                    threshold_for: dict | None = None) -> dict:
     """Accuracy, per-class and averaged scores, confusion matrix and full curves.
 
     Everything but "curves" is plain JSON; "curves" holds a `Curve` per class and the
@@ -43,16 +57,20 @@ def compute_metrics(frame: pd.DataFrame, classes: list[str], top_k: int = 3) -> 
 
     Unlabelled rows (`labelled_mask`) are left out and counted as `unlabelled`. The
     prediction is the table's `guess` column (what the user sees), or the arg-max
-    of the scores when the table has none.
+    of the scores when the table has none. `threshold_for` ({"precision": p} or {"recall": r})
+    picks the operating threshold reported per class (`thresholds`).
     """
     from sklearn import metrics as skm
 
     if top_k < 1:
         raise UserError(f"top_k must be at least 1, got {top_k}")
     classes = list(classes)
+    target = check_target(threshold_for if threshold_for is not None else DEFAULT_TARGET)
     y_true, y_pred, scores, unlabelled = _labelled_arrays(frame, classes)
     labels = np.arange(len(classes))
     onehot = y_true[:, None] == labels[None, :]
+    abstained = y_pred == len(classes)  # an "unknown" guess: the index past the last class
+    operating = operating_curves(y_true, scores, classes)
 
     precision, recall, f1, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
@@ -61,13 +79,17 @@ def compute_metrics(frame: pd.DataFrame, classes: list[str], top_k: int = 3) -> 
         ranking = _one_vs_rest(onehot[:, index], scores[:, index], name)
         curves[name] = ranking.pop("curves")
         per_class[name] = {"precision": float(precision[index]), "recall": float(recall[index]),
-                           "f1": float(f1[index]), "support": int(support[index]), **ranking}
+                           "f1": float(f1[index]), "support": int(support[index]),
+                           "unknown": int(abstained[y_true == index].sum()), **ranking}
     micro_ranking = _one_vs_rest(onehot.ravel(), scores.ravel(), "micro")
+    unknown_unlabelled = int(unknown_mask(frame.loc[~labelled_mask(frame)], classes).sum())
 
     return {
         "classes": classes,
         "labelled": int(len(y_true)),
         "unlabelled": unlabelled,
+        "unknown": {"count": int(abstained.sum()), "rate": float(abstained.mean()),
+                    "unlabelled": unknown_unlabelled},
         "top_k": int(top_k),
         "accuracy": float(skm.accuracy_score(y_true, y_pred)),
         "top_k_accuracy": _top_k_accuracy(y_true, scores, top_k),
@@ -79,7 +101,8 @@ def compute_metrics(frame: pd.DataFrame, classes: list[str], top_k: int = 3) -> 
                   "average_precision": _mean_defined(per_class, "average_precision"),
                   "roc_auc": _mean_defined(per_class, "roc_auc")},
         "confusion": _confusion(y_true, y_pred, labels, classes),
-        "curves": {"per_class": curves, "micro": micro_ranking["curves"]},
+        "thresholds": thresholds(operating, target),
+        "curves": {"per_class": curves, "micro": micro_ranking["curves"], "operating": operating},
     }
 
 
@@ -132,7 +155,9 @@ def _labelled_arrays(frame: pd.DataFrame, classes: list[str]):
         raise UserError(f"score columns {bad} hold NaN or infinite values")
     y_true = _class_indices(labelled["truth"], classes, "truth")
     if "guess" in labelled.columns:
-        y_pred = _class_indices(labelled["guess"], classes, "guess")
+        abstained = unknown_mask(labelled, classes)
+        y_pred = np.full(len(labelled), len(classes), dtype=np.int64)
+        y_pred[~abstained] = _class_indices(labelled["guess"][~abstained], classes, "guess")
     else:
         y_pred = scores.argmax(axis=1)
     return y_true, y_pred, scores, int((~mask).sum())
@@ -240,6 +265,12 @@ def curves_npz(curves: dict, classes: list[str]) -> bytes:
     """
     arrays = {"classes": np.asarray(classes, dtype=str)}
     named = [(f"class{index}", curves["per_class"][name]) for index, name in enumerate(classes)]
+    operating = curves.get("operating")
+    if operating:  # the operating curves (thresholds); files written before them lack these entries
+        named += [(f"operating{index}", operating["per_class"][name]["curve"]) for index, name in enumerate(classes)]
+        named += [("operating_all", operating["all"]["curve"])]
+        arrays["operating_support"] = np.asarray([operating["per_class"][name]["support"] for name in classes]
+                                                 + [operating["all"]["support"]], dtype=np.int64)
     for key, curve in named + [("micro", curves["micro"])]:
         arrays[f"{key}_thresholds"] = curve.thresholds
         arrays[f"{key}_positives"] = _steps(curve.tps)
@@ -255,7 +286,8 @@ def curves_npz(curves: dict, classes: list[str]) -> bytes:
 
 
 def read_curves(data: bytes) -> dict:
-    """`curves_npz`'s bytes back as {"classes", "per_class": {name: Curve}, "micro": Curve}."""
+    """`curves_npz`'s bytes back as {"classes", "per_class": {name: Curve}, "micro": Curve}, and "operating"
+    (as `operating_curves` gives it) when the file holds those."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
             classes = [str(name) for name in arrays["classes"]]
@@ -265,9 +297,16 @@ def read_curves(data: bytes) -> dict:
                              tps=np.cumsum(arrays[f"{key}_positives"], dtype=np.int64),
                              fps=np.cumsum(arrays[f"{key}_negatives"], dtype=np.int64))
 
-            return {"classes": classes, "micro": curve("micro"),
-                    "per_class": {name: curve(f"class{index}") for index, name in enumerate(classes)}}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            curves = {"classes": classes, "micro": curve("micro"),
+                      "per_class": {name: curve(f"class{index}") for index, name in enumerate(classes)}}
+            if "operating_support" in arrays:
+                support = [int(count) for count in arrays["operating_support"]]
+                curves["operating"] = {
+                    "per_class": {name: {"curve": curve(f"operating{index}"), "support": support[index]}
+                                  for index, name in enumerate(classes)},
+                    "all": {"curve": curve("operating_all"), "support": support[-1]}}
+            return curves
+    except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as error:
         raise UserError(f"{CURVES_FILE} is damaged ({error}); re-run `pipeline.py evaluate --force` to "
                         "write it again") from None
 
@@ -300,10 +339,94 @@ def _mean_defined(per_class: dict, key: str) -> float | None:
 
 
 def _confusion(y_true, y_pred, labels, classes: list[str]) -> dict:
+    """Rows: the true classes; columns (`guesses`): the classes, then "unknown" when any guess abstained."""
     from sklearn import metrics as skm
 
-    counts = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    abstained = bool((y_pred == len(classes)).any())
+    columns = np.arange(len(classes) + abstained)
+    counts = skm.confusion_matrix(y_true, y_pred, labels=columns)[: len(classes)]  # truth is never unknown
     totals = counts.sum(axis=1, keepdims=True)
     normalised = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
-    return {"classes": classes, "counts": counts.tolist(),
+    return {"classes": classes, "guesses": classes + [UNKNOWN] * abstained, "counts": counts.tolist(),
             "normalised": round_significant(normalised).tolist()}
+
+
+# ---------------------------------------------------------------- operating thresholds
+
+TARGET_KINDS = ("precision", "recall")
+
+
+def check_target(target) -> tuple[str, float]:
+    """{"precision": p} or {"recall": r}, with the value in (0, 1], as (kind, value)."""
+    if not isinstance(target, dict) or len(target) != 1 or next(iter(target)) not in TARGET_KINDS:
+        raise UserError(f"threshold_for is {target!r}: give one target, {{precision: 0.9}} or {{recall: 0.9}}")
+    (kind, value), = target.items()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise UserError(f"threshold_for.{kind} is {value!r}: it must be a number above 0 and at most 1")
+    return kind, float(value)
+
+
+def operating_curves(y_true: np.ndarray, scores: np.ndarray, classes: list[str]) -> dict:
+    """Per class, the labelled rows whose top score is that class's, ranked by it (a positive: the guess
+    is right), with the class's support; and the same over every row under ALL_CLASSES. Ties for the top
+    score go to the first class, as infer's arg-max does."""
+    best = scores.argmax(axis=1) if len(scores) else np.zeros(0, np.int64)
+    top = scores[np.arange(len(scores)), best]
+    right = best == y_true
+    support = np.bincount(y_true, minlength=len(classes))
+    per_class = {}
+    for index, name in enumerate(classes):
+        guessed = best == index
+        per_class[name] = {"curve": Curve.ranking(right[guessed], top[guessed]), "support": int(support[index])}
+    return {"per_class": per_class, "all": {"curve": Curve.ranking(right, top), "support": int(len(y_true))}}
+
+
+def thresholds(operating: dict, target: tuple[str, float]) -> dict:
+    """For each class (and one minimum for all), the threshold that reaches the target: as infer.min_score,
+    the lowest whose precision reaches it (the most recall at that precision) or the highest whose recall
+    reaches it (the fewest unknowns dropped); None with the reason when no threshold does."""
+    kind, value = target
+    return {"target": {kind: value},
+            "per_class": {name: operating_point(entry["curve"], entry["support"], target, name)
+                          for name, entry in operating["per_class"].items()},
+            "all": operating_point(operating["all"]["curve"], operating["all"]["support"], target, "any class")}
+
+
+def operating_point(curve: Curve, support: int, target: tuple[str, float], name: str) -> dict:
+    """The threshold on one operating curve (support: the class's labelled images) and what it gives."""
+    kind, value = target
+    if support == 0:
+        return {"threshold": None, "reason": f"no labelled {name} images, so {kind} is undefined"}
+    if len(curve) == 0:
+        return {"threshold": None, "reason": f"the model never guesses {name}, so no threshold keeps a guess"}
+    kept = curve.tps + curve.fps  # at least one row at every threshold
+    precision, recall = curve.tps / kept, curve.tps / support
+    reached = np.flatnonzero((precision if kind == "precision" else recall) >= value)
+    if not len(reached):
+        best = precision.max() if kind == "precision" else recall[-1]
+        return {"threshold": None, "reason": f"no threshold reaches {kind} {value:g} for {name}: the most is "
+                                             f"{best:.4f}" + (" with no minimum score" if kind == "recall" else "")}
+    at = reached[-1] if kind == "precision" else reached[0]
+    return {"threshold": float(curve.thresholds[at]), "precision": float(precision[at]),
+            "recall": float(recall[at]), "kept": int(kept[at]), "right": int(curve.tps[at]),
+            "unknown": int(kept[-1] - kept[at])}
+
+
+THRESHOLD_STEPS = 500  # the report's slider: minimum scores 0, 1/500, …, 1
+
+
+def threshold_grid(operating: dict, steps: int = THRESHOLD_STEPS) -> dict:
+    """The operating curves at minimum scores k/steps (k = 0…steps), exactly: per class and for all, the right
+    and wrong guesses kept at each, with the support; kept at 0 is every guess of the class. This is what the
+    report's threshold slider reads (a few KB per class, whatever the table's size)."""
+    grid = np.arange(steps + 1) / steps
+
+    def sampled(entry: dict) -> dict:
+        curve = entry["curve"]
+        above = np.searchsorted(-curve.thresholds.astype(np.float64), -grid, side="right")
+        return {"right": np.r_[0, curve.tps][above].tolist(), "wrong": np.r_[0, curve.fps][above].tolist(),
+                "support": entry["support"]}
+
+    return {"steps": steps, "all": sampled(operating["all"]),
+            "per_class": {name: sampled(entry) for name, entry in operating["per_class"].items()}}
+

@@ -9,6 +9,7 @@ drawn, so importing this module stays cheap for commands that never plot.
 from __future__ import annotations
 
 import io
+import textwrap
 import warnings
 
 import numpy as np
@@ -66,29 +67,40 @@ def thin_for_drawing(x: np.ndarray, y: np.ndarray, resolution: int = DRAWING_RES
     """
     x = np.asarray(x)
     y = np.asarray(y)
-    if len(x) <= 2 * resolution:
-        return x, y
-    cells = (np.floor(np.clip(x, 0, 1) * resolution).astype(np.int64) * (resolution + 1)
-             + np.floor(np.clip(y, 0, 1) * resolution).astype(np.int64))
-    changes = cells[1:] != cells[:-1]
-    keep = np.ones(len(x), dtype=bool)
-    keep[1:-1] = changes[:-1] | changes[1:]  # last point of a run, or first of the next
+    keep = drawing_mask(x, y, resolution)
     return x[keep], y[keep]
 
 
+def drawing_mask(x: np.ndarray, y: np.ndarray, resolution: int = DRAWING_RESOLUTION) -> np.ndarray:
+    """Which points thin_for_drawing keeps, as a mask: report/charts.py keeps each one's threshold with it."""
+    x = np.asarray(x)
+    y = np.asarray(y)
+    keep = np.ones(len(x), dtype=bool)
+    if len(x) <= 2 * resolution:
+        return keep
+    cells = (np.floor(np.clip(x, 0, 1) * resolution).astype(np.int64) * (resolution + 1)
+             + np.floor(np.clip(y, 0, 1) * resolution).astype(np.int64))
+    changes = cells[1:] != cells[:-1]
+    keep[1:-1] = changes[:-1] | changes[1:]  # last point of a run, or first of the next
+    return keep
+
+
 def confusion_heatmap(metrics: dict, classes: list[str], normalised: bool) -> bytes:
-    """The confusion matrix over `classes` (in that order), each cell annotated."""
+    """The confusion matrix over `classes` (in that order), each cell annotated; an "unknown" column last
+    when some guesses abstained (infer.min_score)."""
     _check_classes(classes, metrics["classes"])
     confusion = metrics["confusion"]
     order = [confusion["classes"].index(name) for name in classes]
+    extra = list(confusion.get("guesses", confusion["classes"]))[len(confusion["classes"]):]
     matrix = np.asarray(confusion["normalised" if normalised else "counts"], dtype=float)
-    matrix = matrix[np.ix_(order, order)]
+    matrix = matrix[np.ix_(order, order + list(range(len(classes), len(classes) + len(extra))))]
     side = max(4.0, 0.45 * len(classes) + 2.5)
     figure, axes = _figure(side + 1.0, side)
     image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1 if normalised else None)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
     ticks = np.arange(len(classes))
-    axes.set_xticks(ticks, labels=[_plain(name) for name in classes], rotation=45, ha="right")
+    axes.set_xticks(np.arange(len(classes) + len(extra)), labels=[_plain(name) for name in classes + extra],
+                    rotation=45, ha="right")
     axes.set_yticks(ticks, labels=[_plain(name) for name in classes])
     axes.set_xlabel("guess")
     axes.set_ylabel("truth")
@@ -99,7 +111,8 @@ def confusion_heatmap(metrics: dict, classes: list[str], normalised: bool) -> by
 
 
 def ap_across_runs(points: list[dict], x_label: str) -> bytes:
-    """Micro-averaged AP of several prediction versions as a line against `x`.
+    """Micro-averaged AP of several prediction versions as a line against `x`: the per-version summary
+    beside ap_by_epoch's lines (stages/evaluate.py stores it as ap_per_version.png).
 
     `x` may be numbers (training-set size, epochs) or names (versions); names are
     placed in the order given.
@@ -124,6 +137,47 @@ def ap_across_runs(points: list[dict], x_label: str) -> bytes:
     axes.set_ylabel("micro-averaged AP")
     axes.set_title(f"Average precision by {_plain(x_label)}")
     axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def ap_by_epoch(lines: list[dict], without: list[dict]) -> bytes:
+    """Validation AP against epoch, one line per model version: W&B's plot of runs side by side.
+
+    Each line is {label, epochs, ap, finetune_from}: epochs counted on across both phases, ap with None
+    where it was undefined (drawn as a gap), and the first fine-tune epoch (None: head only), marked by
+    a diamond and a dotted rule in the line's colour. `without` ({ref, reason}) are the versions that
+    have no such line; they are listed under the plot, so one old model does not cost the whole report.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    figure, axes = _figure(6.4, 4.4)
+    finetunes = False
+    for colour, line in zip(_class_colours(max(len(lines), 1)), lines):
+        epochs = np.asarray(line["epochs"], dtype=float)
+        aps = np.asarray([np.nan if ap is None else ap for ap in line["ap"]], dtype=float)
+        axes.plot(epochs, aps, marker="o", markersize=3, linewidth=1.5, color=colour, label=_plain(line["label"]))
+        start = line.get("finetune_from")
+        if start is not None and start in line["epochs"]:
+            finetunes = True
+            axes.axvline(start, color=colour, linestyle=":", linewidth=1, alpha=0.8)
+            axes.plot([start], [aps[list(line["epochs"]).index(start)]], marker="D", markersize=7, color=colour,
+                      markeredgecolor="black", linestyle="none")
+    if finetunes:
+        axes.plot([], [], marker="D", markersize=6, color=UNLABELLED_COLOUR, markeredgecolor="black",
+                  linestyle=":", label="fine-tuning starts")
+    if not lines:
+        axes.text(0.5, 0.5, "no version shown has an AP history", transform=axes.transAxes, ha="center",
+                  va="center", color=UNLABELLED_COLOUR)
+    if without:
+        listed = "; ".join(f"{_plain(item['ref'])} ({_plain(item['reason'])})" for item in without)
+        figure.supxlabel(textwrap.fill(f"No AP history: {listed}", 110), fontsize=7, color="#555555")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch (head, then fine-tune)")
+    axes.set_ylabel("micro-averaged AP on val")
+    axes.set_title("Average precision during training, one line per model")
+    axes.grid(alpha=0.3)
+    if lines:
+        axes.legend(fontsize=7, loc="lower right")
     return _png(figure)
 
 

@@ -1,7 +1,8 @@
 """evaluate: `predictions:vN` becomes `eval:vN`: metrics.json, the plots and report.html.
 
 Metrics and curves come from report/metrics.py (every threshold kept; the curves stored
-exactly as curves.npz), plots from report/plots.py, the page from report/html.py (which embeds
+exactly as curves.npz), charts from report/charts.py (one Vega-Lite spec each: live in the page, PNG in
+the version), the page from report/html.py (which embeds
 a bounded selection of a large table's rows, so thumbnails are made for those only). This module only gathers their inputs
 from the store: the prediction table, the images for thumbnails, the versions to compare
 and plot across, and the lineage of what is shown. No TensorFlow.
@@ -13,7 +14,7 @@ import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypedDict
 
 from lineage.contract import REF, Artifact, Output, StageContext
 from lineage.errors import UserError
@@ -23,24 +24,37 @@ from tables.predictions import labelled_mask, read_predictions
 
 NAME = "evaluate"
 OUTPUT = "eval"
-CODE = ("stages/evaluate.py", "tables/", "report/")  # tables/: the schema, and the filter language the page embeds
+# tables/: the schema, and the filter language the page embeds; lineage/draw.*: the lineage picture it embeds.
+CODE = ("stages/evaluate.py", "tables/", "report/", "lineage/draw.py", "lineage/draw.js")
 AcrossX = Literal["version", "train_images", "epochs"]
+Rate = Annotated[float, Range(above=0, max=1)]
+
+
+class ThresholdTarget(TypedDict, total=False):
+    """What each class's operating threshold must reach (report/metrics.py: thresholds); name one of them."""
+
+    precision: Rate
+    recall: Rate
 
 
 @dataclass
 class Params:
     input: str = field(default="predictions:latest", metadata=REF)
     compare_with: str | None = field(default=None, metadata=REF)  # a second version, shown side by side
-    across: list = field(default_factory=list, metadata=REF)  # more versions for the AP-across-runs line
-    across_x: AcrossX = "version"  # what the AP-across-runs plot puts on its x axis
+    across: list = field(default_factory=list, metadata=REF)  # more versions for the AP-across-runs plots
+    across_x: AcrossX = "version"  # the x axis of the per-version summary (ap_per_version.png)
     scatter: list[str] | None = None  # [class_x, class_y]; default: the most confused pair
     histogram: list[str] | None = None  # [class_a, class_b]; default: the scatter's pair
     bins: Annotated[int, Range(1, 1000)] = 30
     top_k: Annotated[int, Range(1)] = 3
     thumbnail_px: Annotated[int, Range(8, 512)] = 48
+    threshold_for: ThresholdTarget = field(default_factory=lambda: {"precision": 0.9})  # infer.min_score per class
     workers: Annotated[int, Range(1, 256)] = field(default=4, metadata={"cache": False})
 
     def __post_init__(self):
+        if not isinstance(self.threshold_for, dict) or len(self.threshold_for) != 1:
+            raise UserError(f"evaluate.threshold_for is {self.threshold_for!r}: name one target, "
+                            "{precision: 0.9} or {recall: 0.9}")
         for key in ("scatter", "histogram"):
             pair = getattr(self, key)
             if pair is not None and (len(pair) != 2 or pair[0] == pair[1]):
@@ -72,7 +86,7 @@ def fingerprint(params: Params) -> None:
 
 
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
-    from report import plots
+    from report import charts
     from tables.compare import join_predictions
     from report.html import render_report
     from report.metrics import CURVES_FILE, compute_metrics, curves_npz
@@ -84,23 +98,29 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     if not labelled_mask(table).any():
         raise UserError(f"{main.ref} has no labelled rows (predictions on a plain folder): there is nothing to "
                         "score; use `pipeline.py table` to look at its guesses")
-    metrics = compute_metrics(table, classes, top_k=params.top_k)
+    metrics = compute_metrics(table, classes, top_k=params.top_k, threshold_for=params.threshold_for)
     pair = params.scatter or most_confused_pair(metrics)
-    images = {name: png for name, png in plots.standard_plots(metrics).items()}
-    images["score_scatter.png"] = plots.score_scatter(table, pair[0], pair[1], classes)
+    # One Vega-Lite spec per chart (report/charts.py): drawn live in report.html, rendered to the PNG kept here.
+    specs = charts.standard_charts(metrics)
+    specs["score_scatter.png"] = charts.score_scatter(table, pair[0], pair[1], classes)
     hist_pair = params.histogram or pair
-    images["class_distributions.png"] = plots.class_distributions(table, hist_pair[0], hist_pair[1], params.bins)
+    specs["class_distributions.png"] = charts.class_distributions(table, hist_pair[0], hist_pair[1], params.bins)
     runs = [main] + [a for key, a in sorted(inputs.items()) if key.startswith("predictions#") and key != "predictions#compare"]
     if "predictions#compare" in inputs:
         runs.append(inputs["predictions#compare"])
-    images["ap_across_runs.png"] = plots.ap_across_runs(_ap_points(runs, params, main, metrics), params.across_x)
-
+    runs = list({artifact.digest: artifact for artifact in runs}.values())  # each version once (compare may repeat)
+    specs["ap_across_runs.png"] = charts.ap_by_epoch(*_ap_histories(runs))
+    specs["ap_per_version.png"] = charts.ap_across_runs(_ap_points(runs, params, main, metrics), params.across_x)
     comparison, labels = None, None
     if "predictions#compare" in inputs:
         other = inputs["predictions#compare"]
         labels = (main.ref, other.ref)
         comparison, _ = join_predictions(table, read_predictions(other), *labels)
-    html = render_report(title=f"Evaluation of {main.ref}", metrics=metrics, classes=classes, plots=images,
+        # W&B's split panel: the true-class score under A and under B (drawn under the page's comparison table).
+        specs["score_distributions_across_models.png"] = charts.score_distributions_across_models(
+            comparison, labels, params.bins)
+    images = {name: charts.png(spec) for name, spec in specs.items()}
+    html = render_report(title=f"Evaluation of {main.ref}", metrics=metrics, classes=classes, plots={}, charts=specs,
                          table=table, thumbnails=lambda ids: thumbnails(main, ids, params, ctx),
                          lineage=lineage_of(main), comparison=comparison, comparison_labels=labels,
                          table_ref=main.ref)
@@ -114,7 +134,8 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     files.update({name: ctx.write_object(png) for name, png in images.items()})
     summary = {"accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],
                "macro_f1": metrics["macro"]["f1"], "micro_ap": metrics["micro"]["average_precision"],
-               "macro_ap": metrics["macro"]["average_precision"], "labelled": metrics["labelled"]}
+               "macro_ap": metrics["macro"]["average_precision"], "labelled": metrics["labelled"],
+               **({"unknown": metrics["unknown"]["count"]} if metrics["unknown"]["count"] else {})}
     ctx.log(f"evaluate: {main.ref}: accuracy {metrics['accuracy']:.4f}, top-{params.top_k} "
             f"{metrics['top_k_accuracy']:.4f}, macro F1 {metrics['macro']['f1']:.4f}, "
             f"micro AP {metrics['micro']['average_precision']:.4f}")
@@ -159,28 +180,118 @@ def _x_value(artifact: Artifact, across_x: str):
 
 def _model_meta(artifact: Artifact) -> dict | None:
     """The model behind a predictions version: an input of the infer run, or a sibling output of train."""
+    found = _model_of(artifact)
+    return found[1] if found else None
+
+
+def _model_of(artifact: Artifact) -> tuple[str, dict] | None:
+    """The model behind a predictions version, as (its ref, its manifest's meta); None when the lineage has none."""
     graph = artifact.graph
     run = graph and graph.producer(artifact.version)
     for item in (run.inputs + run.outputs) if run else []:
         if item.name == "model":
-            return artifact.store.read_manifest(item).meta
+            version = graph.find(item.name, item.digest)
+            return (version.ref if version else item.short), artifact.store.read_manifest(item).meta
     return None
 
 
-def lineage_of(artifact: Artifact) -> list[dict]:
-    """Every ancestor of a version with the run that made it: predictions ← model ← split ← raw-data."""
-    graph, rows, todo, seen = artifact.graph, [], [artifact.version], set()
-    while todo and graph is not None:
-        version = todo.pop(0)
-        if version.digest in seen:
+def _ap_histories(runs: list[Artifact]) -> tuple[list[dict], list[dict]]:
+    """W&B's view of runs side by side: the validation AP of each epoch, one line per model version behind
+    the predictions shown, labelled by what differs between those models. Also the versions that have no
+    such line, each with the reason, for the plot to list instead of failing."""
+    models: dict[str, dict] = {}
+    without = []
+    for artifact in runs:
+        try:
+            found = _model_of(artifact)
+        except UserError:  # the model's manifest is missing or damaged: `verify` names it; the report goes on
+            without.append({"ref": artifact.ref, "reason": "its model's manifest cannot be read"})
             continue
-        seen.add(version.digest)
-        run = graph.producer(version)
-        parents = [graph.find(i.name, i.digest) for i in run.inputs] if run else []
-        rows.append({"ref": version.ref, "digest": version.digest, "made_by": run and run.stage,
-                     "inputs": [p.ref for p in parents if p], "created": version.created})
-        todo += [p for p in parents if p]
-    return rows
+        if found is None:
+            without.append({"ref": artifact.ref, "reason": "no model in its lineage"})
+            continue
+        ref, meta = found
+        models.setdefault(ref, {"meta": meta, "predictions": []})["predictions"].append(artifact.ref)
+    drawn = {}
+    for ref, model in models.items():
+        series = _ap_series(model["meta"].get("history"))
+        if series is None:
+            without.append({"ref": ref, "reason": "trained before AP was recorded"})
+        else:
+            drawn[ref] = {**model, **series}
+    labels = _model_labels({ref: model["meta"] for ref, model in drawn.items()})
+    return [{"label": labels[ref], "model": ref, "predictions": model["predictions"], "epochs": model["epochs"],
+             "ap": model["ap"], "finetune_from": model["finetune_from"]} for ref, model in drawn.items()], without
+
+
+def _ap_series(history) -> dict | None:
+    """Epochs (counted on across both phases), micro AP (None: undefined that epoch) and the first fine-tune
+    epoch of a model's history; None when it has no AP (trained before it was recorded) or is malformed."""
+    if not isinstance(history, list) or not history:
+        return None
+    epochs, aps, finetune_from = [], [], None
+    for row in history:
+        if not isinstance(row, dict) or "val_micro_ap" not in row or not _is_number(row.get("epoch")):
+            return None
+        ap = row["val_micro_ap"]
+        if ap is not None and not _is_number(ap):
+            return None
+        if finetune_from is None and row.get("phase") == "finetune":
+            finetune_from = row["epoch"]
+        epochs.append(row["epoch"])
+        aps.append(ap if ap is None or ap == ap else None)  # NaN: undefined, as None
+    return {"epochs": epochs, "ap": aps, "finetune_from": finetune_from}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Train params that name inputs or change only what is printed: never what tells two models apart.
+_NOT_A_DIFFERENCE = {"input", "verbose", "tensorboard", "epochs_head", "epochs_finetune", "backbone"}
+
+
+def _model_labels(metas: dict[str, dict]) -> dict[str, str]:
+    """A legend label per model ref: the traits that differ between the models (train images per class,
+    epochs, backbone, then any other train param), or the ref itself where nothing differs."""
+    traits = {ref: _model_traits(meta) for ref, meta in metas.items()}
+    keys = list(dict.fromkeys(key for described in traits.values() for key in described))
+    differing = [key for key in keys if len({described.get(key) for described in traits.values()}) > 1]
+    labels = {ref: ", ".join(described[key] for key in differing if key in described) or ref
+              for ref, described in traits.items()}
+    repeated = {label for label in labels.values() if list(labels.values()).count(label) > 1}
+    return {ref: f"{label} ({ref})" if label in repeated and label != ref else label for ref, label in labels.items()}
+
+
+def _model_traits(meta: dict) -> dict[str, str]:
+    """What describes a model in a legend, each trait as the text it would show; a trait the (untrusted)
+    manifest lacks or holds in the wrong type is left out."""
+    traits = {}
+    classes, images = meta.get("classes"), meta.get("train_images")
+    if isinstance(classes, list) and classes and _is_number(images):
+        per_class = images / len(classes)
+        traits["train_images"] = f"{per_class:.0f} train images/class" if per_class == int(per_class) \
+            else f"{per_class:.1f} train images/class"
+    params = meta.get("params") if isinstance(meta.get("params"), dict) else {}
+    head, finetune = params.get("epochs_head"), params.get("epochs_finetune")
+    if _is_number(head) and _is_number(finetune):
+        finetune = finetune if params.get("unfreeze") not in (0, "", None) else 0
+        traits["epochs"] = f"{head}+{finetune} epochs"
+    if isinstance(meta.get("backbone"), str):
+        traits["backbone"] = meta["backbone"]
+    for key in sorted(set(params) - _NOT_A_DIFFERENCE):
+        traits[key] = f"{key} {json.dumps(params[key], sort_keys=True)}"
+    return traits
+
+
+def lineage_of(artifact: Artifact) -> list[dict]:
+    """Every ancestor of a version with the run that made it (predictions ← model ← split ← raw-data), each
+    with what the report's lineage picture says of it: digest, run, params, counts (lineage/draw.py)."""
+    from lineage import draw
+
+    if artifact.graph is None:
+        return []
+    return draw.describe(artifact.store, artifact.graph, draw.ancestors(artifact.graph, artifact.version))
 
 
 def thumbnails(artifact: Artifact, ids: list[str], params: Params, ctx: StageContext) -> dict[str, bytes]:

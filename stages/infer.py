@@ -5,6 +5,11 @@ for every class, in the order of the model's own class-index map. The table is P
 typed columns (float32 scores stay float32), column order kept, zstd-compressed to a fraction
 of a CSV's size, and read by pandas in milliseconds, which `table` and `report` rely on.
 A folder's images are stored as objects like ingested ones, so the report can show them.
+
+`min_score` (one number, or `{class: number}` for some classes) makes a guess whose top score is below
+its class's minimum the literal "unknown" (tables/predictions.py), so that an image the model is unsure
+of is not forced into a class; `evaluate` reports per class the minimum that reaches a chosen precision
+or recall (report/metrics.py: thresholds). Its classes are checked before anything is predicted.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from lineage.display import printable_name
 from lineage.errors import UserError
 from lineage.params import Range
 from lineage.records import SplitName
+from tables.predictions import UNKNOWN
+
+Score = Annotated[float, Range(0, 1)]
 
 NAME = "infer"
 OUTPUT = "predictions"
@@ -31,6 +39,22 @@ class Params:
     on: SplitName = "test"  # which part of the split
     folder: str | None = None  # a folder of images instead of a split (truth left empty)
     batch_size: Annotated[int, Range(1, 65536)] = 64
+    min_score: Score | dict[str, Score] | None = None  # below it (per class if a mapping) the guess is unknown
+
+
+def check_classes(params: Params, classes: list[str], where: str) -> None:
+    """min_score may name only the model's classes, and needs "unknown" free to mean an abstention."""
+    if params.min_score is None:
+        return
+    if UNKNOWN in classes:
+        raise UserError(f"infer.min_score writes the guess {UNKNOWN!r} below the minimum, but {where} has a class "
+                        f"named {UNKNOWN!r}, which it could not be told from: rename that class's folder "
+                        "(and ingest again), or remove infer.min_score")
+    named = params.min_score if isinstance(params.min_score, dict) else {}
+    strangers = [name for name in named if name not in classes]
+    if strangers:
+        raise UserError(f"infer.min_score names {', '.join(map(repr, strangers))}, which {where} does not know; "
+                        f"its classes are {', '.join(classes)}")
 
 
 def input_refs(params: Params) -> dict[str, str]:
@@ -49,6 +73,7 @@ def fingerprint(params: Params) -> str | None:
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
     from models.quiet import import_tensorflow
 
+    check_classes(params, inputs["model"].manifest.meta["classes"], inputs["model"].ref)  # before TensorFlow
     import_tensorflow()  # first, so TensorFlow's native start-up lines are hidden (models/quiet.py)
     import keras
 
@@ -82,7 +107,10 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
         model = keras.models.load_model(model_file, safe_mode=True, compile=False)
     ctx.log(f"infer: {model_artifact.ref} on {len(images.ids):,} images ({where})")
     table = predict_table(model, images.images, images.ids, images.paths, [where] * len(images.ids), images.truths,
-                          classes, batch_size=params.batch_size, progress=ctx.progress)
+                          classes, batch_size=params.batch_size, progress=ctx.progress,
+                          min_score=params.min_score)
+    if params.min_score is not None:
+        made_with["min_score"] = params.min_score
     return [prediction_output(ctx, table, classes, split=where, made_with={"model": model_artifact.ref, **made_with})]
 
 

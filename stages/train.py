@@ -22,7 +22,7 @@ from lineage.records import Manifest
 
 NAME = "train"
 OUTPUT = "model"
-CODE = ("stages/train.py", "tables/predictions.py", "models/")
+CODE = ("stages/train.py", "tables/predictions.py", "tables/average_precision.py", "models/")
 
 
 # The backbones models/backbones.py builds (listed here so the config is checked without
@@ -128,7 +128,8 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     feature_key = f"{split.digest[:16]}-{params.backbone}-{_weights_key(params.weights)}-{size}-{params.resize}"
     result = train_two_phase(extractor, head, train.images, train.labels, val.images, val.labels, config,
                              checkpoint_path=str(work / "best.weights.h5"),
-                             feature_cache_dir=str(ctx.cache_dir("features", feature_key)), log=ctx.log)
+                             feature_cache_dir=str(ctx.cache_dir("features", feature_key)), log=ctx.log,
+                             class_names=classes)
 
     model_path = work / "model.keras"
     result.model.save(model_path)

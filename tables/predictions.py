@@ -39,6 +39,43 @@ def class_names(columns) -> list[str]:
 # selects exactly the unlabelled rows.
 
 
+# What "unknown" means: infer with `min_score` writes this literal guess where the top score is below its
+# class's minimum (the score columns and `confidence` keep the model's output). infer refuses min_score for a
+# model with a class of that name, so a guess of "unknown" is an abstention exactly when "unknown" is not among
+# the classes. Such a row is labelled or not by its truth as any other; an abstention is never right.
+UNKNOWN = "unknown"
+
+
+def unknown_mask(frame, classes: list[str]):
+    """True for each row whose guess is an abstention (UNKNOWN, with no class of that name)."""
+    if UNKNOWN in classes or "guess" not in frame.columns:
+        import numpy as np
+
+        return np.zeros(len(frame), dtype=bool)
+    return (frame["guess"] == UNKNOWN).to_numpy(dtype=bool, na_value=False)
+
+
+def guesses(scores, classes: list[str], min_score=None) -> list[str]:
+    """Each row's guess: its top-scoring class (ties to the first, as numpy's arg-max), or UNKNOWN where
+    that top score is below the class's minimum. `min_score` is one number for every class, a mapping of
+    some classes to theirs (the others have none), or None. Scores equal to the minimum keep their guess."""
+    import numpy as np
+
+    if min_score is not None and UNKNOWN in classes:
+        raise UserError(f"min_score would write the guess {UNKNOWN!r}, but the model has a class named "
+                        f"{UNKNOWN!r}: rename that class's folder and retrain, or drop min_score")
+    best = scores.argmax(axis=1)
+    names = np.asarray(classes, dtype=object)[best]
+    if min_score is None:
+        return names.tolist()
+    if isinstance(min_score, dict):
+        minimums = np.asarray([min_score.get(name, 0.0) for name in classes], dtype=np.float64)
+    else:
+        minimums = np.full(len(classes), float(min_score))
+    top = scores[np.arange(len(scores)), best].astype(np.float64)
+    return np.where(top >= minimums[best], names, UNKNOWN).tolist()
+
+
 def missing_label(values):
     """True where a label column (truth, or a guess) holds no label: None, NaN, pd.NA or ""."""
     return (values.isna() | (values == "")).to_numpy(dtype=bool, na_value=True)
@@ -69,10 +106,12 @@ def prediction_output(ctx: StageContext, table, classes: list[str], split: str, 
     table.to_parquet(buffer, index=False, compression="zstd")
     labelled = labelled_mask(table)
     accuracy = float((table.loc[labelled, "truth"] == table.loc[labelled, "guess"]).mean()) if labelled.any() else None
+    unknown = int(unknown_mask(table, classes).sum())
     meta = {"classes": classes, "rows": len(table), "split": split, "labelled": int(labelled.sum()),
-            "accuracy": accuracy, **made_with}
+            "accuracy": accuracy, **({"unknown": unknown} if unknown else {}), **made_with}
     ctx.log(f"predictions: {len(table):,} rows on {split}" +
-            (f", accuracy {accuracy:.4f}" if accuracy is not None else " (unlabelled)"))
+            (f", accuracy {accuracy:.4f}" if accuracy is not None else " (unlabelled)") +
+            (f", {unknown:,} unknown (top score below min_score)" if unknown else ""))
     return Output(Manifest("predictions", files={FILE: ctx.write_object(buffer.getvalue())}, meta=meta))
 
 

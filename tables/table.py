@@ -1,4 +1,5 @@
-"""The `pipeline.py table` operations, as pure functions on a prediction table.
+"""The `pipeline.py table` operations, as pure functions on a prediction table (or a dataset version's
+table, tables/datasets.py, which brings its own group-by).
 
 A prediction table (its schema is tables/predictions.py's) has one row per image: id, path,
 split, truth (missing for unlabelled images), guess, confidence, then score_<class> for
@@ -16,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lineage.errors import UserError
-from tables.predictions import class_names, missing_label
+from tables.predictions import UNKNOWN, class_names, missing_label
 from tables.query import filter_frame, one_line, unknown_column_message
 
 FORMATS = ("text", "csv", "json", "markdown")
@@ -57,11 +58,14 @@ def class_order(values, classes: list[str]) -> list[str]:
 
 def query_table(frame: pd.DataFrame, filter: str | None = None, sort: str | None = None, descending: bool = False,
                 group_by: str | None = None, columns: list[str] | None = None,
-                limit: int | None = None) -> pd.DataFrame:
-    """Filter the rows, optionally summarise them by a column, then sort, pick columns, cut."""
+                limit: int | None = None, group=None, classes: list[str] | None = None) -> pd.DataFrame:
+    """Filter the rows, optionally summarise them by a column, then sort, pick columns, cut.
+
+    `group(rows, by, classes)` summarises (a prediction table's group_rows unless given: a dataset table
+    passes tables/datasets.py's); `classes` orders groups (a prediction table's score columns unless given)."""
     result = filter_frame(frame, filter)
     if group_by:
-        result = group_rows(result, group_by, class_names(frame.columns))
+        result = (group or group_rows)(result, group_by, class_names(frame.columns) if classes is None else classes)
     if sort:
         result = sort_rows(result, sort, descending)
     elif descending:
@@ -133,7 +137,9 @@ def crosstab(keys: pd.Series, others: pd.Series, key_name: str, rate_name: str, 
     right = np.array([counts[i, position[k]] if k in position else 0 for i, k in enumerate(key_values)], dtype=int)
     labelled = counts[:, [v != NO_TRUTH for v in other_values]].sum(axis=1)
     rate = right / np.where(labelled > 0, labelled, 1)
-    rate[(labelled == 0) | np.array([k == NO_TRUTH for k in key_values], dtype=bool)] = np.nan
+    abstained = key_name == "guess" and UNKNOWN not in classes  # an "unknown" guess has no precision
+    rate[(labelled == 0) | np.array([k == NO_TRUTH or (abstained and k == UNKNOWN) for k in key_values],
+                                    dtype=bool)] = np.nan
 
     taken = {key_name, "total", rate_name}
     names = [f"{'guess' if key_name == 'truth' else 'truth'}={v}" if v in taken else v for v in other_values]

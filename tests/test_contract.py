@@ -96,7 +96,7 @@ def test_only_stages_live_in_stages():
 
 
 def test_the_class_hook_is_recognised_where_a_stage_has_it():
-    assert [name for name in STAGES if isinstance(load_stage(name), NamesClasses)] == ["evaluate"]
+    assert [name for name in STAGES if isinstance(load_stage(name), NamesClasses)] == ["infer", "evaluate"]
 
 
 def _module(**members) -> types.ModuleType:

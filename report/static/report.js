@@ -43,12 +43,18 @@
     this.groupSelect = this.element("group-by");
     this.showMoreButton = this.element("show-more");
     this.groupOptions = {};
+    this.groupPaired = {};  // column -> a second spread shown beside the first (a comparison's B beside A)
+    this.pairedTotals = {};
+    this.selected = null;  // the clicked row (a comparison's split panel shows it: split_panel.js)
     payload.groups.forEach(function (group) {
       this.groupOptions[group.column] = group.other;
       if (group.totals) this.groupTotals[group.column] = group.totals;
+      if (group.paired) this.groupPaired[group.column] = group.paired;
+      if (group.paired_totals) this.pairedTotals[group.column] = group.paired_totals;
       var option = document.createElement("option");
       option.value = group.column;
-      option.textContent = group.column + " (with " + group.other + ")";
+      option.textContent = group.column + " (with " + group.other +
+        (group.paired ? " and " + group.paired + " side by side" : "") + ")";
       this.groupSelect.appendChild(option);
     }, this);
     this.renderHeader();
@@ -56,8 +62,25 @@
     this.filterInput.addEventListener("input", this.applyFilter.bind(this, null));
     this.groupSelect.addEventListener("change", this.renderGroups.bind(this));
     this.showMoreButton.addEventListener("click", this.renderMore.bind(this));
+    this.table.tBodies[0].addEventListener("click", this.select.bind(this));
     this.render();
   }
+
+  /* A click on a row selects it: marked, and announced as a "rowselect" event for what shows it. */
+  DataTable.prototype.select = function (event) {
+    var tr = event.target && event.target.closest ? event.target.closest("tr") : null;
+    if (!tr || !tr.rowData) return;
+    var previous = this.table.querySelector("tbody tr.selected");
+    if (previous) {
+      previous.classList.remove("selected");
+      previous.removeAttribute("aria-selected");
+    }
+    tr.classList.add("selected");
+    tr.setAttribute("aria-selected", "true");
+    this.selected = tr.rowData;
+    this.table.dispatchEvent(new CustomEvent("rowselect", { bubbles: true,
+                                                            detail: { table: this.name, row: tr.rowData } }));
+  };
 
   DataTable.prototype.element = function (id) {
     return document.getElementById(this.prefix + id);
@@ -196,6 +219,11 @@
       tr.className = row.correct_b ? "fixed" : "broken";  // what model B fixed or broke
     }
     if (row.id != null) tr.setAttribute("data-id", String(row.id));
+    tr.rowData = row;
+    if (row === this.selected) {
+      tr.classList.add("selected");
+      tr.setAttribute("aria-selected", "true");
+    }
     if (this.hasThumbnails) {
       var td = document.createElement("td");
       var uri = thumbnails[row.id];
@@ -244,10 +272,15 @@
     var other = this.groupOptions[column];
     var scope = this.element("groups-scope");
     var unfiltered = this.filterInput.value.trim() === "";
+    var paired = this.groupPaired[column] || null;
     var groups = new Map();
     if (this.capped && unfiltered && this.groupTotals[column]) {
+      var pairedSpread = new Map((this.pairedTotals[column] || []).map(function (entry) {
+        return [entry[0], entry[2]];
+      }));
       this.groupTotals[column].forEach(function (entry) {
-        groups.set(entry[0], { count: entry[1], others: new Map(entry[2]) });
+        groups.set(entry[0], { count: entry[1], others: new Map(entry[2]),
+                               pairedOthers: paired ? new Map(pairedSpread.get(entry[0]) || []) : null });
       });
       this.showScope(scope, "exact", "Counts over all " + this.total.toLocaleString("en") + " rows.");
     } else if (this.capped) {
@@ -260,13 +293,20 @@
     if (!groups.size) this.matching.forEach(function (row) {
       var key = row[column] === null || row[column] === undefined ? null : row[column];
       var group = groups.get(key);
-      if (!group) groups.set(key, group = { count: 0, others: new Map() });
+      if (!group) groups.set(key, group = { count: 0, others: new Map(), pairedOthers: paired ? new Map() : null });
       group.count += 1;
       var value = row[other] === undefined ? null : row[other];
       group.others.set(value, (group.others.get(value) || 0) + 1);
+      if (paired) {
+        var second = row[paired] === undefined ? null : row[paired];
+        group.pairedOthers.set(second, (group.pairedOthers.get(second) || 0) + 1);
+      }
     });
     table.tHead.rows[0].cells[0].textContent = column;
-    table.tHead.rows[0].cells[2].textContent = other + " within the group";
+    table.tHead.rows[0].cells[2].textContent = paired
+      ? other + " (" + (this.notes[other] || "A") + ") and " + paired + " (" + (this.notes[paired] || "B") +
+        ") within the group, side by side"
+      : other + " within the group";
     var ordered = Array.from(groups.entries()).sort(function (a, b) { return b[1].count - a[1].count; });
     var fragment = document.createDocumentFragment();
     ordered.forEach(function (entry) {
@@ -288,6 +328,11 @@
     tr.title = "click to filter to this group";
     tr.appendChild(cell("th", key === null ? "(missing)" : String(key)));
     tr.appendChild(cell("td", String(group.count), "count"));
+    if (group.pairedOthers) {
+      tr.appendChild(pairedSpread(key, group));
+      tr.addEventListener("click", this.narrowTo.bind(this, column, key));
+      return tr;
+    }
     var spread = Array.from(group.others.entries()).sort(function (a, b) { return b[1] - a[1]; });
     var td = document.createElement("td");
     var bar = document.createElement("div");
@@ -310,6 +355,39 @@
     return tr;
   };
 
+  /* W&B's split panel: per value of the paired columns (a guess, say), A's count and B's as two bars on one
+   * scale (the group's size), the most frequent first; a value equal to the group's own key is marked "same". */
+  function pairedSpread(key, group) {
+    var td = document.createElement("td");
+    var box = document.createElement("div");
+    box.className = "paired";
+    var values = Array.from(new Set(Array.from(group.others.keys()).concat(Array.from(group.pairedOthers.keys()))));
+    function both(value) { return (group.others.get(value) || 0) + (group.pairedOthers.get(value) || 0); }
+    values.sort(function (a, b) { return both(b) - both(a); });
+    values.forEach(function (value) {
+      var line = document.createElement("div");
+      line.className = "paired-row" + (value === key ? " same" : "");
+      var counts = [group.others.get(value) || 0, group.pairedOthers.get(value) || 0];
+      line.setAttribute("data-value", value === null ? "" : String(value));
+      line.setAttribute("data-a", String(counts[0]));
+      line.setAttribute("data-b", String(counts[1]));
+      line.appendChild(cell("span", value === null ? "(missing)" : String(value), "paired-label"));
+      ["a", "b"].forEach(function (side, index) {
+        var track = document.createElement("span");
+        track.className = "paired-bar side-" + side;
+        var fill = document.createElement("span");
+        fill.style.width = (100 * counts[index] / Math.max(group.count, 1)) + "%";
+        track.appendChild(fill);
+        track.title = side.toUpperCase() + ": " + counts[index];
+        line.appendChild(track);
+        line.appendChild(cell("span", String(counts[index]), "paired-count side-" + side));
+      });
+      box.appendChild(line);
+    });
+    td.appendChild(box);
+    return td;
+  }
+
   /* Add `x[column] = key` to the filter: a group click drills into that group. */
   DataTable.prototype.narrowTo = function (column, key) {
     var condition = "x[" + quote(column) + "] = " + (key === null ? "null"
@@ -317,6 +395,20 @@
     var current = this.filterInput.value.trim();
     this.applyFilter(current === "" ? condition : "(" + current + ") and " + condition);
   };
+
+  /* ---- charts (report/static/charts.js): a chart sets the filter and the sort in one redraw. ---- */
+  DataTable.prototype.filterSorted = function (text, column, descending) {
+    if (this.columns.indexOf(column) >= 0) {
+      this.sortColumn = column;
+      this.sortDescending = Boolean(descending);
+      this.table.querySelectorAll("th[data-column]").forEach(function (th) {
+        var sorted = th.getAttribute("data-column") === column;
+        th.setAttribute("aria-sort", sorted ? (descending ? "descending" : "ascending") : "none");
+      });
+    }
+    return this.applyFilter(text);
+  };
+  /* ---- end of charts block ---- */
 
   DataTable.prototype.renderColumnHelp = function () {
     var holder = this.element("columns");
@@ -366,5 +458,5 @@
   });
 
   /* For tests and the benchmark: Report.tables.predictions.applyFilter("..."). */
-  window.Report = { tables: tables };
+  window.Report = { tables: tables, thumbnails: thumbnails };  // thumbnails: charts.js's scatter panel
 })();
