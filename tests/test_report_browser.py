@@ -8,7 +8,6 @@ pandas on the same table.
 from __future__ import annotations
 
 import io
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,31 +17,20 @@ import pytest
 from report.html import render_report
 from report.metrics import compute_metrics
 from report.plots import confusion_heatmap
+from tests.browser import offline_page, skip_without_browser
+# Older names, still imported by tests/test_split_panel_browser.py; new tests take them from tests/browser.py.
+from tests.browser import CHROMIUM, CHROMIUM_ARGS, missing_browser as _missing_browser  # noqa: F401
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run"]
 CLASSES = ["cat", "dog", "fox", "owl"]
 ROWS = 300
 UNLABELLED = 20
 PAGE_SIZE = 100  # report.js renders this many rows, then "Show more"
 
 
-def _missing_browser() -> str | None:
-    if shutil.which(CHROMIUM) is None:
-        return f"{CHROMIUM} is not installed (apt-get install chromium)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright Python package is not installed (requirements-dev.txt)"
-    return None
-
-
-if _missing_browser():
-    pytest.skip(_missing_browser(), allow_module_level=True)
+skip_without_browser()
 
 
 def _predictions() -> pd.DataFrame:
@@ -87,8 +75,6 @@ def _comparison(frame: pd.DataFrame) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """The rendered report open in Chromium, with every request and console error recorded."""
-    from playwright.sync_api import sync_playwright
-
     frame = _predictions()
     metrics = compute_metrics(frame, CLASSES)
     html = render_report(
@@ -99,24 +85,8 @@ def report(tmp_path_factory):
                   "inputs": ["model:v2", "split:v1"]},
                  {"ref": "model:v2", "digest": "cd" * 32, "made_by": "train", "inputs": ["split:v1"]}],
         comparison=_comparison(frame), comparison_labels=("model:v1", "model:v2"))
-    path = tmp_path_factory.mktemp("report") / "report.html"
-    path.write_text(html, encoding="utf-8")
-
-    requests, problems = [], []
-    with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page()
-        page.on("request", lambda request: requests.append(request.url))
-        page.on("console", lambda message: problems.append(message.text)
-                if message.type in ("error", "warning") else None)
-        page.on("pageerror", lambda error: problems.append(str(error)))
-        page.route("**/*", lambda route: route.continue_() if route.request.url == path.as_uri()
-                   else route.abort())
-        page.goto(path.as_uri())
-        page.wait_for_selector("#predictions tbody tr")
-        yield {"page": page, "frame": frame, "html": html, "url": path.as_uri(),
-               "requests": requests, "problems": problems}
-        browser.close()
+    with offline_page(tmp_path_factory.mktemp("report") / "report.html", html, ready="#predictions tbody tr") as opened:
+        yield {**opened.fields(), "frame": frame, "html": html}
 
 
 def _set_filter(page, text: str) -> None:
