@@ -374,6 +374,8 @@ def ap_by_epoch(lines: list[dict], without: list[dict]) -> dict:
                       "axis": {"tickMinStep": 1, "format": "d"}},
                 "y": {"field": "AP", "type": "quantitative", "title": "micro-averaged AP on val"},
                 "color": colour}
+    if not rows:  # empty axes under the subtitle that says why (an empty legend gives Vega a NaN size)
+        del encoding["color"]
     layers = [{"mark": {"type": "line", "point": True, "tooltip": True},
                "params": [_legend_toggle("model")],
                "encoding": {**encoding, "opacity": {"condition": {"param": "legend", "value": 1}, "value": FADED},

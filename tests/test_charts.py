@@ -172,3 +172,13 @@ def test_the_chart_bundle_is_made_once_per_version_and_a_damaged_copy_is_made_ag
     cached[0].write_text("alert('not the bundle')", encoding="utf-8")
     javascript_bundle.cache_clear()
     assert javascript_bundle() == made and cached[0].read_text(encoding="utf-8") == made
+
+
+def test_the_ap_by_epoch_chart_renders_when_no_version_has_a_history():
+    """Predictions with no model in their lineage (imported, or made before AP was recorded) still evaluate:
+    the chart is empty axes under a subtitle that says why, not a failed PNG render."""
+    from report.charts import ap_by_epoch, png
+
+    spec = ap_by_epoch([], [{"ref": "predictions:v1", "reason": "no model in its lineage"}])
+    assert png(spec).startswith(b"\x89PNG")
+    assert "predictions:v1 (no model in its" in " ".join(spec["title"]["subtitle"])
