@@ -12,7 +12,7 @@ from report import charts
 from report.html import render_report
 from report.metrics import compute_metrics
 from report.plots import thin_for_drawing
-from tests.test_report_browser import CLASSES, _predictions
+from tests.report_data import CLASSES, _predictions
 
 
 @pytest.fixture(scope="module")

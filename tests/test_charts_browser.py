@@ -15,7 +15,7 @@ from report import charts
 from report.html import render_report
 from report.metrics import compute_metrics
 from tests.browser import offline_page, skip_without_browser
-from tests.test_report_browser import CLASSES, _predictions, _thumbnail
+from tests.report_data import CLASSES, _predictions, _thumbnail
 
 pytestmark = pytest.mark.browser
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from test_report_browser import _thumbnail
+from tests.report_data import _thumbnail
 from tests.browser import launch, open_offline, skip_without_browser, watch_problems
 
 skip_without_browser()

@@ -7,7 +7,6 @@ pandas on the same table.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,47 +17,15 @@ from report.html import render_report
 from report.metrics import compute_metrics
 from report.plots import confusion_heatmap
 from tests.browser import offline_page, skip_without_browser
-# Older names, still imported by tests/test_split_panel_browser.py; new tests take them from tests/browser.py.
-from tests.browser import CHROMIUM, CHROMIUM_ARGS, missing_browser as _missing_browser  # noqa: F401
+from tests.report_data import CLASSES, ROWS, UNLABELLED, _predictions, _thumbnail
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = ["cat", "dog", "fox", "owl"]
-ROWS = 300
-UNLABELLED = 20
 PAGE_SIZE = 100  # report.js renders this many rows, then "Show more"
 
 
 skip_without_browser()
-
-
-def _predictions() -> pd.DataFrame:
-    rng = np.random.default_rng(7)
-    truth = rng.integers(0, len(CLASSES), ROWS)
-    logits = rng.normal(size=(ROWS, len(CLASSES)))
-    logits[np.arange(ROWS), truth] += 1.2
-    scores = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    frame = pd.DataFrame({
-        "id": [f"{index:064x}" for index in range(ROWS)],
-        "path": [f"images/{CLASSES[label]}/{index}.jpg" for index, label in enumerate(truth)],
-        "split": np.where(np.arange(ROWS) % 5 == 0, "val", "test"),
-        "truth": np.asarray(CLASSES, dtype=object)[truth],
-        "guess": np.asarray(CLASSES, dtype=object)[scores.argmax(axis=1)],
-        "confidence": scores.max(axis=1),
-    })
-    frame.loc[frame.index[-UNLABELLED:], "truth"] = None
-    for index, name in enumerate(CLASSES):
-        frame[f"score_{name}"] = scores[:, index].astype(np.float32)
-    return frame
-
-
-def _thumbnail(index: int) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 48), (index * 7 % 256, index * 13 % 256, 90)).save(buffer, "JPEG")
-    return buffer.getvalue()
 
 
 def _comparison(frame: pd.DataFrame) -> pd.DataFrame:
