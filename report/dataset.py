@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from report.html import CONTENT_SECURITY_POLICY, STATIC_DIR, _data_uri, _e, _json_for_script, _shell_word, _static
+from report.html import STATIC_DIR, _data_uri, _e, _shell_word, _static, page_document
 from report.selection import EMBED_LIMIT, SEED, _water_fill
 from tables.datasets import DATASET_COLUMNS, SPLIT_ORDER
 from tables.query import quote
@@ -146,27 +146,5 @@ def _gallery_section() -> str:
 def _page(title: str, body: str, data: dict) -> str:
     css = "\n".join(_static(path) for path in STYLES)
     scripts = "\n".join(f"<script>\n{_static(path)}\n</script>" for path in SCRIPTS)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="{CONTENT_SECURITY_POLICY}">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>{_e(title)}</title>
-<style>
-{css}
-</style>
-</head>
-<body>
-<header><h1>{_e(title)}</h1>
-<nav><a href="#distribution">Distribution</a> <a href="#previews">Previews</a></nav>
-</header>
-<main>
-{body}
-</main>
-<script type="application/json" id="dataset-data">{_json_for_script(data)}</script>
-{scripts}
-</body>
-</html>
-"""
+    nav = '<a href="#distribution">Distribution</a> <a href="#previews">Previews</a>'
+    return page_document(title, css, nav, body, "dataset-data", data, scripts)

@@ -143,6 +143,15 @@ def _page(title: str, body: str, data: dict, charts: dict[str, dict] | None = No
         scripts += (f'\n<script type="application/json" id="report-charts">{_json_for_script(charts)}</script>'
                     f"\n<script>\n{_chart_library()}\n</script>\n<script>\n{_static(CHART_SCRIPT)}\n</script>"
                     f"\n<script>\n{_static(SPLIT_PANEL_SCRIPT)}\n</script>")
+    comparison = ' <a href="#comparison-section">Comparison</a>' if "comparison" in data["tables"] else ""
+    nav = (f'<a href="#metrics">Metrics</a> <a href="#plots">Plots</a> <a href="#predictions-section">Predictions</a>'
+           f'{comparison} <a href="#lineage">Lineage</a>')
+    return page_document(title, css, nav, body, "report-data", data, scripts)
+
+
+def page_document(title: str, css: str, nav: str, body: str, data_id: str, data, scripts: str) -> str:
+    """The self-contained page every report here is: its CSP, inline styles, the page's data as JSON under
+    `data_id`, then its inline scripts (the evaluation report and report/dataset.py's page)."""
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -157,12 +166,12 @@ def _page(title: str, body: str, data: dict, charts: dict[str, dict] | None = No
 </head>
 <body>
 <header><h1>{_e(title)}</h1>
-<nav><a href="#metrics">Metrics</a> <a href="#plots">Plots</a> <a href="#predictions-section">Predictions</a>{' <a href="#comparison-section">Comparison</a>' if "comparison" in data["tables"] else ""} <a href="#lineage">Lineage</a></nav>
+<nav>{nav}</nav>
 </header>
 <main>
 {body}
 </main>
-<script type="application/json" id="report-data">{_json_for_script(data)}</script>
+<script type="application/json" id="{data_id}">{_json_for_script(data)}</script>
 {scripts}
 </body>
 </html>
