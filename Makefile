@@ -1,4 +1,5 @@
-# Every target installs what it needs: a venv from requirements-dev.txt on first use.
+# Every target installs what it needs: a venv from requirements-dev.txt on first use (with TensorFlow's CUDA
+# build instead of the CPU one where a GPU is found: see GPU below).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -7,13 +8,34 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup browser ingest split train infer evaluate run report demo smoke test test-fast bench clean-store
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements-dev.txt
-	touch $@
+# Which TensorFlow build: GPU=1 the CUDA one (requirements-gpu.txt), GPU=0 the CPU one (requirements.txt);
+# unset, the CUDA one where `nvidia-smi -L` lists a GPU. The stamp names the build, so switching rebuilds
+# the venv: tensorflow and tensorflow-cpu install the same package folder and cannot be swapped in place.
+ifeq ($(origin GPU),undefined)
+GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+endif
+ifeq ($(filter $(GPU),0 1),)
+$(error GPU=$(GPU): use GPU=1 for the CUDA build of TensorFlow, GPU=0 for the CPU build, or leave it unset)
+endif
+BUILD     := $(if $(filter 1,$(GPU)),gpu,cpu)
+OTHER     := $(if $(filter 1,$(GPU)),cpu,gpu)
+RUNTIME   := $(if $(filter 1,$(GPU)),requirements-gpu.txt,requirements.txt)
+INSTALLED := $(VENV)/.installed-$(BUILD)
 
-setup: $(VENV)/.installed
+# A venv made before the stamp named its build (.installed) holds the CPU build: it is kept, not reinstalled.
+# The dev tools are requirements-dev.txt less its `-r requirements.txt`, which would bring tensorflow-cpu.
+$(INSTALLED): $(RUNTIME) requirements-dev.txt
+	@if [ -e $(VENV)/.installed-$(OTHER) ]; then echo "switching to the $(BUILD) build of TensorFlow: a new $(VENV)"; \
+	  rm -rf $(VENV); fi
+	@if [ $(BUILD) = cpu ] && [ -e $(VENV)/.installed ] && [ ! $(VENV)/.installed -ot requirements.txt ] && \
+	  [ ! $(VENV)/.installed -ot requirements-dev.txt ]; then mv $(VENV)/.installed $@; \
+	else set -ex; rm -f $(VENV)/.installed $@; $(PYTHON) -m venv $(VENV); \
+	  $(VENV)/bin/pip install -q --upgrade pip; \
+	  grep -v '^-r requirements.txt' requirements-dev.txt > $(VENV)/requirements-dev-tools.txt; \
+	  $(VENV)/bin/pip install -q -r $(RUNTIME) -r $(VENV)/requirements-dev-tools.txt; \
+	  touch $@; fi
+
+setup: $(INSTALLED)
 
 # Debian's Chromium for the report's browser test (skipped with a reason where it cannot be had).
 browser:
@@ -54,8 +76,9 @@ smoke: setup
 	$(PY) pipeline.py demo-data --source synthetic --out build/smoke-data --per-class 12
 	$(PY) pipeline.py run --config configs/smoke.yaml
 
+# One worker per core, a test file at a time on one worker (its module fixtures are built once).
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not browser"

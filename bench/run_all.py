@@ -15,11 +15,11 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ORDER = ("bench_ingest.py", "bench_table.py", "bench_evaluate.py", "bench_report.py", "bench_charts.py",
-         "bench_scale.py", "bench_remote.py", "bench_train.py")
+         "bench_scale.py", "bench_remote.py", "bench_train.py", "bench_precision.py")
 # bench_scale.py runs 10,000 and 100,000 files by default; 1,000,000 only on request (--sizes 1000000).
 QUICK_ARGS = {"bench_ingest.py": ["--quick"], "bench_table.py": ["--rows", "20000"], "bench_train.py": ["--quick"],
               "bench_scale.py": ["--sizes", "10000"], "bench_charts.py": ["--rows", "2000"],
-              "bench_remote.py": ["--objects", "200"]}
+              "bench_remote.py": ["--quick"], "bench_precision.py": ["--quick"]}
 
 
 def main() -> int:

@@ -170,6 +170,12 @@ class Artifact:
         return self.store.object_path(item.digest)
 
 
+class WorkerDone(Exception):
+    """Raised by a stage in a process that did its share of a distributed run but does not commit it (a
+    training worker that is not the chief): the runner commits and records nothing, and the CLI prints the
+    message, one line, and exits 0. The chief, running the same stage, commits the versions."""
+
+
 @dataclass
 class Output:
     """One artifact version a stage produced: the runner writes its manifest and sets its aliases."""
@@ -223,3 +229,20 @@ class StageContext:
         folder.mkdir()
         self.temp_dirs.append(folder)
         return folder
+
+
+class ViewContext(StageContext):
+    """For a page or table that only views a version (`report split:vN`, a notebook's table): thumbnails are
+    a cache, so a read-only or full store still shows its view, made without one."""
+
+    def write_cache(self, path: Path, data: bytes) -> None:
+        try:
+            super().write_cache(path, data)
+        except OSError:
+            pass
+
+    def cache_dir(self, *parts: str) -> Path:
+        try:
+            return super().cache_dir(*parts)
+        except OSError:
+            return self.store.cache_dir.joinpath(*parts)

@@ -218,10 +218,15 @@ def build_feature_extractor(name: str, image_size: int, weights: str | None) -> 
 
 
 def build_head(feature_dim: int, num_classes: int, dropout: float) -> keras.Model:
-    """Pooled features -> Dropout -> Dense softmax over the classes."""
+    """Pooled features -> Dropout -> Dense softmax over the classes.
+
+    The Dense layer is float32 under every policy: under mixed precision (models/precision.py) a softmax in
+    16 bits rounds small probabilities to 0 and makes the loss unstable, and the prediction tables' scores
+    are float32 (Keras' mixed-precision guide: the model's last layer in float32).
+    """
     features = keras.Input(shape=(feature_dim,), name="features")
     x = keras.layers.Dropout(dropout, name="dropout")(features)
-    probabilities = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    probabilities = keras.layers.Dense(num_classes, activation="softmax", name="predictions", dtype="float32")(x)
     return keras.Model(features, probabilities, name="head")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from lineage.errors import UserError
 from models.data import build_augmentation, make_dataset, save_array_atomic
+from models.distribute import Distribution, predict_all, prepare_for_fit, scope, shard_by_data
 from tables.average_precision import average_precisions
 
 LOSS = "sparse_categorical_crossentropy"
@@ -77,13 +78,16 @@ def train_two_phase(
     log: Callable[[str], None] = print,
     build_classifier: Callable | None = None,
     class_names: list[str] | None = None,
+    distribution: Distribution | None = None,
 ) -> TrainResult:
     """Fit head then top of backbone; return the classifier with its best validation weights.
 
     `feature_cache_dir` must be keyed by the caller on everything the features depend on
     (split, backbone and weights, image size, resize mode). `build_classifier` defaults to
     models.backbones.build_classifier. `class_names` (in label order) name the per-class AP in the
-    history; without them the classes are named by index.
+    history; without them the classes are named by index. `distribution` (models.distribute.choose_strategy)
+    trains under its strategy: the extractor and head must have been built in its scope, `cfg.batch_size` is
+    per replica, and each worker checkpoints to its own `checkpoint_path`.
     """
     _check_inputs(train_images, train_labels, val_images, val_labels, cfg, checkpoint_path, head)
     if _finetunes(cfg):
@@ -91,7 +95,12 @@ def train_two_phase(
     if build_classifier is None:
         from models.backbones import build_classifier
     keras.utils.set_random_seed(cfg.seed)
-    classifier = build_classifier(extractor, head)
+    with scope(distribution):
+        classifier = build_classifier(extractor, head)
+    if distribution is not None and distribution.setting != "none":
+        log(f"distribute: {distribution.describe()}; global batch {cfg.batch_size * distribution.replicas} = "
+            f"train.batch_size {cfg.batch_size} per replica x {distribution.replicas} "
+            f"replica{'s' if distribution.replicas != 1 else ''}")
     augment = build_augmentation(cfg.augmentation, seed=cfg.seed)
     checkpoint = _BestCheckpoint(classifier, checkpoint_path)
     history: list[dict[str, Any]] = []
@@ -110,21 +119,24 @@ def train_two_phase(
         if cfg.use_feature_cache and augment is None:
             log("head: fitting on cached backbone features (frozen backbone, no augmentation)")
             features = {
-                split: (_features(extractor, images, cfg.batch_size, feature_cache_dir, split, log), labels)
+                split: (_features(extractor, images, cfg.batch_size, feature_cache_dir, split, log, distribution),
+                        labels)
                 for split, (images, labels) in (("train", train), ("val", val))
             }
-            _compile(head, cfg.lr_head)
+            _compile(head, cfg.lr_head, distribution)
             _fit(head, "head", features["train"], features["val"], None, cfg.epochs_head, cfg, checkpoint, history,
-                 names)
+                 names, distribution)
         else:
             log("head: fitting on images (frozen backbone)")
-            _compile(classifier, cfg.lr_head)
-            _fit(classifier, "head", train, val, augment, cfg.epochs_head, cfg, checkpoint, history, names)
+            _compile(classifier, cfg.lr_head, distribution)
+            _fit(classifier, "head", train, val, augment, cfg.epochs_head, cfg, checkpoint, history, names,
+                 distribution)
 
     if _finetunes(cfg):
         log(f"finetune: {unfreeze_top(extractor, cfg.unfreeze)}")
-        _compile(classifier, cfg.lr_finetune)
-        _fit(classifier, "finetune", train, val, augment, cfg.epochs_finetune, cfg, checkpoint, history, names)
+        _compile(classifier, cfg.lr_finetune, distribution)
+        _fit(classifier, "finetune", train, val, augment, cfg.epochs_finetune, cfg, checkpoint, history, names,
+             distribution)
 
     classifier.set_weights(checkpoint.best_weights)  # the best epoch of either phase
     best = _best_epoch(history)
@@ -157,7 +169,7 @@ def _check_inputs(train_images, train_labels, val_images, val_labels, cfg, check
         raise UserError("train: nothing to train; set epochs_head > 0, or epochs_finetune > 0 with unfreeze")
 
 
-def _features(extractor, images, batch_size, cache_dir, split, log) -> np.ndarray:
+def _features(extractor, images, batch_size, cache_dir, split, log, distribution=None) -> np.ndarray:
     """The frozen backbone's features of every image: from the disk cache, or computed once."""
     path = os.path.join(cache_dir, f"{split}.npy") if cache_dir else None
     width = extractor.output_shape[-1]
@@ -169,7 +181,7 @@ def _features(extractor, images, batch_size, cache_dir, split, log) -> np.ndarra
         if cached is not None and cached.shape == (len(images), width) and cached.dtype == np.float32:
             log(f"head: {split} features from cache ({len(images)} x {width})")
             return cached
-    features = extractor.predict(make_dataset(images, None, batch_size), verbose=0).astype(np.float32)
+    features = predict_all(extractor, make_dataset(images, None, batch_size), distribution).astype(np.float32)
     if path:
         save_array_atomic(path, features)
     return features
@@ -220,14 +232,17 @@ def _all_layers(layer):
         yield from _all_layers(sub)
 
 
-def _compile(model, learning_rate: float) -> None:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSS, metrics=["accuracy"])
+def _compile(model, learning_rate: float, distribution: Distribution | None = None) -> None:
+    with scope(distribution):  # the optimizer's and metrics' variables are mirrored too
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=LOSS, metrics=["accuracy"])
 
 
 def _fit(model, phase: str, train: tuple, val: tuple, augment, epochs: int, cfg: TrainConfig,
-         checkpoint: "_BestCheckpoint", history: list[dict[str, Any]], class_names: list[str]) -> None:
-    """`epochs` more epochs of `model.fit`, numbered on from the epochs already in `history`."""
-    validation = _ValidationPass(*val, cfg.batch_size, class_names)
+         checkpoint: "_BestCheckpoint", history: list[dict[str, Any]], class_names: list[str],
+         distribution: Distribution | None = None) -> None:
+    """`epochs` more epochs of `model.fit`, numbered on from the epochs already in `history`. Under a strategy a
+    step takes train.batch_size rows per replica: the global batch is that times the replicas."""
+    validation = _ValidationPass(*val, cfg.batch_size, class_names, distribution)
     # First: Keras hands every callback the same logs dict in list order, so the checkpoint, early
     # stopping and the learning-rate schedule after it read the val_* values it writes.
     callbacks = [validation, checkpoint, _EpochRecorder(phase, history, validation)]
@@ -240,14 +255,13 @@ def _fit(model, phase: str, train: tuple, val: tuple, augment, epochs: int, cfg:
     if cfg.tensorboard_dir:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=cfg.tensorboard_dir))
     first = len(history)
-    model.fit(
-        make_dataset(*train, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=augment),
-        epochs=first + epochs,
-        initial_epoch=first,
-        callbacks=callbacks,
-        shuffle=False,  # the dataset shuffles, by seed
-        verbose=cfg.verbose,
-    )
+    global_batch = cfg.batch_size * (distribution.replicas if distribution is not None else 1)
+    dataset = shard_by_data(make_dataset(*train, global_batch, shuffle=True, seed=cfg.seed, augment=augment))
+    prepare_for_fit(model, distribution, dataset.element_spec)
+    with scope(distribution):
+        model.fit(dataset, epochs=first + epochs, initial_epoch=first, callbacks=callbacks,
+                  shuffle=False,  # the dataset shuffles, by seed
+                  verbose=cfg.verbose)
 
 
 def _best_epoch(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -273,28 +287,36 @@ class _ValidationPass(keras.callbacks.Callback):
     not finite) is NaN in `logs` and None in `class_ap`.
     """
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, class_names: list[str]):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, class_names: list[str],
+                 distribution: Distribution | None = None):
         super().__init__()
         self.dataset = make_dataset(images, None, batch_size)
+        self.distribution = distribution
         self.labels = np.asarray(labels)
         self.class_names = class_names
         self.class_ap: dict[str, float | None] = {}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = {} if logs is None else logs
-        probabilities = np.asarray(self.model.predict(self.dataset, verbose=0))
+        probabilities = predict_all(self.model, self.dataset, self.distribution)
         losses = keras.ops.convert_to_numpy(keras.losses.get(LOSS)(self.labels, probabilities))
         regularisation = sum(float(keras.ops.convert_to_numpy(loss)) for loss in self.model.losses)
         logs["val_loss"] = float(np.mean(losses, dtype=np.float64)) + regularisation
         logs["val_accuracy"] = float(np.mean(probabilities.argmax(axis=1) == self.labels))
-        if np.isfinite(probabilities).all():
-            ap = average_precisions(self.labels, probabilities)
-            micro, macro, per_class = ap.micro, ap.macro, ap.per_class
-        else:  # a diverged epoch: its AP is undefined, and the loss says why
-            micro, macro, per_class = None, None, [None] * len(self.class_names)
+        micro, macro, self.class_ap = validation_ap(self.labels, probabilities, self.class_names)
         logs["val_micro_ap"] = np.nan if micro is None else micro
         logs["val_macro_ap"] = np.nan if macro is None else macro
-        self.class_ap = dict(zip(self.class_names, per_class))
+
+
+def validation_ap(labels: np.ndarray, probabilities: np.ndarray,
+                  class_names: list[str]) -> tuple[float | None, float | None, dict[str, float | None]]:
+    """Micro, macro and per-class AP of one epoch's validation prediction: what `_ValidationPass` and a logged
+    run's Keras callback (keras_lineage/logged_run.py) record. All undefined (None) for a diverged epoch, whose
+    predictions are not finite: the loss says why."""
+    if not np.isfinite(probabilities).all():
+        return None, None, dict.fromkeys(class_names)
+    ap = average_precisions(labels, probabilities)
+    return ap.micro, ap.macro, dict(zip(class_names, ap.per_class))
 
 
 class _EpochRecorder(keras.callbacks.Callback):

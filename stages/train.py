@@ -15,10 +15,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal, TypedDict
 
-from lineage.contract import REF, Artifact, Output, StageContext
+from lineage.contract import REF, Artifact, Output, StageContext, WorkerDone
 from lineage.errors import UserError
 from lineage.params import Range
 from lineage.records import Manifest
+from models.distribute import Distribution, cluster_size
+from models.distribute import Setting as Distribute
+from models.precision import Precision
 
 NAME = "train"
 OUTPUT = "model"
@@ -50,7 +53,10 @@ class Params:
     weights: str | None = "imagenet"  # imagenet, none, or a local weights file
     image_size: Annotated[int, Range(SMALLEST_IMAGE_SIZE, 2048)] | None = None  # None: the backbone's own
     resize: Literal["resize", "crop", "pad"] = "crop"  # stretch, center crop, or letterbox
-    batch_size: Annotated[int, Range(1, 65536)] = 32
+    batch_size: Annotated[int, Range(1, 65536)] = 32  # per replica: the global batch is this x replicas
+    # tf.distribute (models/distribute.py): auto is mirrored with more than one GPU, else none; multi_worker reads
+    # TF_CONFIG. Part of the cache key: it sets the global batch, so the model differs.
+    distribute: Distribute = "auto"
     epochs_head: Annotated[int, Range(0)] = 5
     epochs_finetune: Annotated[int, Range(0)] = 5
     lr_head: Annotated[float, Range(above=0, max=10)] = 1e-3
@@ -63,6 +69,8 @@ class Params:
     augmentation: Augmentation = field(default_factory=lambda: {"flip": "horizontal", "rotation": 0.1, "zoom": 0.1,
                                                                 "contrast": 0.1})
     use_feature_cache: bool = True
+    # 16-bit activations, float32 variables (models/precision.py); auto: float16 on a GPU, float32 on a CPU.
+    mixed_precision: Precision = "auto"
     seed: int = 42
     tensorboard: bool = False
     verbose: Literal[0, 1, 2] = field(default=2, metadata={"cache": False})
@@ -88,16 +96,36 @@ def input_refs(params: Params) -> dict[str, str]:
 
 
 def fingerprint(params: Params) -> str | None:
-    """A local weights file is part of what a run depends on: its content, not just its path."""
+    """A local weights file is part of what a run depends on: its content, not just its path. So is the
+    number of workers TF_CONFIG lists for multi_worker (it sets the global batch); a bad TF_CONFIG fails here,
+    before anything is fetched or imported."""
     key = _weights_key(params.weights)
-    return None if key in ("None", "none", "imagenet") else key
+    weights = None if key in ("None", "none", "imagenet") else key
+    workers = cluster_size(params.distribute)
+    if workers is None:
+        return weights
+    return f"{weights or params.weights}, {workers} workers"
 
 
 def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[Output]:
     from models.quiet import import_tensorflow
 
     import_tensorflow()  # first, so TensorFlow's native start-up lines are hidden (models/quiet.py)
+    from models.distribute import choose_strategy
+
+    distribution = choose_strategy(params.distribute, ctx.log)  # before any other op: multi_worker needs that
+
+    from models.precision import training_precision
+
+    # Set before any model is built (layers take the global policy when made), and undone afterwards.
+    with training_precision(params.mixed_precision, ctx.log) as precision:
+        return _train(inputs, params, ctx, precision, distribution)
+
+
+def _train(inputs: dict[str, Artifact], params: Params, ctx: StageContext, precision: str,
+           distribution: Distribution) -> list[Output]:
     from models.backbones import build_feature_extractor, build_head, get_backbone
+    from models.distribute import scope
     from models.predict import predict_table
     from models.training import TrainConfig, train_two_phase
     from models.split_images import load_split_images
@@ -111,8 +139,9 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     size = params.image_size or backbone.default_size
     classes = split.manifest.meta["classes"]
     # The backbone first: missing weights or a misspelt layer fail in seconds, before decoding every image.
-    extractor = build_feature_extractor(params.backbone, size, params.weights)
-    head = build_head(backbone.feature_dim, len(classes), params.dropout)
+    with scope(distribution):  # the variables are made here: under a strategy, mirrored on every replica
+        extractor = build_feature_extractor(params.backbone, size, params.weights)
+        head = build_head(backbone.feature_dim, len(classes), params.dropout)
     train = load_split_images(split, "train", classes, size, params.resize, ctx)
     val = load_split_images(split, "val", classes, size, params.resize, ctx)
     ctx.log(f"train: {params.backbone} at {size} px on {len(train.labels):,} train / {len(val.labels):,} val "
@@ -126,10 +155,13 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
         tensorboard_dir=str(ctx.cache_dir("tensorboard", split.digest[:16])) if params.tensorboard else None,
         verbose=params.verbose)
     feature_key = f"{split.digest[:16]}-{params.backbone}-{_weights_key(params.weights)}-{size}-{params.resize}"
+    feature_key += "" if precision == "float32" else f"-{precision}"  # 16-bit features differ; float32 keys as before
     result = train_two_phase(extractor, head, train.images, train.labels, val.images, val.labels, config,
                              checkpoint_path=str(work / "best.weights.h5"),
                              feature_cache_dir=str(ctx.cache_dir("features", feature_key)), log=ctx.log,
-                             class_names=classes)
+                             class_names=classes, distribution=distribution)
+    if not distribution.is_chief:  # it took its part in every step; the chief holds the same weights and commits
+        raise WorkerDone(f"{distribution.worker}: trained; the chief commits the model and its val predictions")
 
     model_path = work / "model.keras"
     result.model.save(model_path)
@@ -140,6 +172,8 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
              "history.json": ctx.write_object(history)}
     meta = {"classes": classes, "class_index": class_index, "input_size": size, "resize": params.resize,
             "backbone": params.backbone, "weights": params.weights, "preprocessing": backbone.preprocessing,
+            "precision": precision, "distribute": distribution.setting, "replicas": distribution.replicas,
+            "global_batch_size": params.batch_size * distribution.replicas,
             "params": asdict(params), "best": result.best, "history": result.history,
             "train_images": len(train.labels), "skipped_images": train.failures + val.failures}
     model = Output(Manifest(OUTPUT, source=split.version.key, files=files, meta=meta))
