@@ -27,11 +27,12 @@ from lineage.errors import UserError
 from lineage.graph import PULL_STAGE, Graph
 from lineage.records import CorruptRecord, Manifest, RunRecord, VersionRef, is_digest, is_name, parse_json
 from lineage.remote import Remote
-from lineage.store import Store, manifest_digest, read_no_follow, sha256_bytes
+from lineage.store import Store, manifest_digest, read_no_follow, sha256_bytes, sha256_file
 
 OBJECTS = "objects/sha256/"
 MANIFESTS = "manifests/"
 RUNS = "runs/"
+SMALL_OBJECT = 8 << 20  # up to this size an object is pushed from memory: 16 threads hold at most 128 MiB
 
 
 @dataclass
@@ -123,7 +124,7 @@ def push(store: Store, remote: Remote, refs: list[str], workers: int = 16, progr
     transfer.present = len(needed) - len(todo)
 
     def send(digest: str) -> int:
-        remote.upload(_object_key(digest), str(store.object_path(digest)))
+        _send_object(store, remote, digest, needed[digest])
         return needed[digest]
 
     transfer.bytes = _parallel(todo, send, workers, progress, "push", sum(needed[d] for d in todo))
@@ -140,6 +141,30 @@ def push(store: Store, remote: Remote, refs: list[str], workers: int = 16, progr
     transfer.runs = len(new_runs)
     transfer.seconds = time.perf_counter() - started
     return transfer
+
+
+def _send_object(store: Store, remote: Remote, digest: str, size: int) -> None:
+    """One object up, checked against its name first: a store's file that rotted (or was edited) must not
+    reach the remote under a name it does not hash to, where every pull would refuse it. A small object is
+    read once, for the hash and the PUT (which carries that hash for S3 to check on arrival); a large one is
+    hashed, then streamed."""
+    path = store.object_path(digest)
+    try:
+        if size <= SMALL_OBJECT:
+            data = read_no_follow(path)
+            actual = sha256_bytes(data)
+        else:
+            data, actual = None, sha256_file(path, follow_symlinks=False)
+    except OSError as error:
+        raise UserError(f"object {digest[:12]} of this store cannot be read ({error.strerror}), so it was not "
+                        "pushed: run `pipeline.py verify`, which names the stage that rewrites it") from None
+    if actual != digest:
+        raise UserError(f"object {digest[:12]} of this store is damaged (its bytes hash to {actual[:12]}), so it "
+                        "was not pushed: run `pipeline.py verify --repair`, then re-run the stage that made it")
+    if data is None:
+        remote.upload(_object_key(digest), str(path), sha256=digest)
+    else:
+        remote.upload_bytes(_object_key(digest), data, sha256=digest)
 
 
 # -- pull --------------------------------------------------------------------------------------------
@@ -307,7 +332,7 @@ def _parallel(items: list, work: Callable[[object], int], workers: int, progress
         return 0
     bar = None
     if progress:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
 
         bar = tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024)
     moved = 0

@@ -254,6 +254,64 @@ def test_a_corrupt_object_on_the_remote_is_refused_on_pull_naming_it(tmp_path, r
     assert list((copy / "tmp").iterdir()) == []
 
 
+def test_a_damaged_object_in_the_store_is_refused_by_push_naming_it(tmp_path, remote):
+    """An object that rotted here must not reach the remote under a name it does not hash to (every pull
+    would refuse it), and no run record may go up that names it."""
+    source = make_store(tmp_path, "a", {"Aves": 10, "Fungi": 10})
+    add_remote(source, remote)
+    damaged = sorted(p for p in (source / "objects").rglob("*") if p.is_file())[3]
+    damaged.write_bytes(b"\0" * damaged.stat().st_size)  # same size: only its hash can tell
+    digest = damaged.parent.name + damaged.name
+    line = one_line_error(cli("push", "--store", str(source)))
+    assert digest[:12] in line and "damaged" in line and "verify --repair" in line, line
+    assert f"objects/sha256/{digest[:2]}/{digest[2:]}" not in remote.keys("objects/")
+    assert remote.keys("runs/") == {}
+    assert_intact(remote)
+
+
+def test_s3_puts_carry_their_sha256_for_the_server_to_check(tmp_path, s3_server, monkeypatch):
+    """Each object goes up with its SHA-256 (S3 refuses bytes that do not match it); the server keeps the
+    checksum it was given, so it is read back here."""
+    import base64
+
+    for key, value in aws_env().items():
+        monkeypatch.setenv(key, value)
+    side = S3Side(s3_server)
+    source = make_store(tmp_path, "a", {"Aves": 3, "Fungi": 3})
+    add_remote(source, side)
+    ok("push", "--store", str(source))
+    objects = [k for k in side.keys("objects/")]
+    assert objects
+    for key in objects:
+        head = side.client.head_object(Bucket=side.bucket, Key=side.prefix + key, ChecksumMode="ENABLED")
+        digest = key.split("/", 2)[2].replace("/", "")
+        assert head.get("ChecksumSHA256") == base64.b64encode(bytes.fromhex(digest)).decode(), key
+
+
+def test_small_s3_puts_do_not_wait_for_100_continue(tmp_path, s3_server, monkeypatch):
+    """`Expect: 100-continue` costs a round trip per object, which at 10,000 small objects is most of a push
+    to a distant S3; a body too big to resend lightly still asks first. Headers as sent to the real server."""
+    from lineage.remote import SMALL_BODY, S3Remote
+
+    for key, value in aws_env().items():
+        monkeypatch.setenv(key, value)
+    side = S3Side(s3_server)
+    remote = S3Remote("team", f"s3://{side.bucket}/stores/main", side.bucket, side.prefix, s3_server.url)
+    sent: dict[str, dict] = {}
+
+    def record(request, **_) -> None:  # a before-send handler that returns something replaces the answer
+        sent[request.url.rsplit("/", 1)[1]] = dict(request.headers)
+
+    remote.client.meta.events.register("before-send.s3.PutObject", record)
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (SMALL_BODY + 1))
+    remote.upload_bytes("objects/small", b"x" * 40_000)
+    remote.upload("objects/big", str(big))
+    assert "Expect" not in sent["small"]
+    assert sent["big"].get("Expect") == b"100-continue"
+    assert side.keys("objects/") == {"objects/small": b"x" * 40_000, "objects/big": big.read_bytes()}
+
+
 def test_a_store_that_cannot_reach_its_remote_says_so_in_one_line(tmp_path, remote):
     source = make_store(tmp_path, "a", {"Aves": 10, "Fungi": 10})
     if remote.kind == "folder":
