@@ -94,6 +94,14 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     main = inputs["predictions"]
     classes = main.manifest.meta["classes"]
     check_classes(params, classes, main.ref)
+    runs = [main] + [artifact for key, artifact in sorted(inputs.items())
+                     if key.startswith("predictions#") and key != "predictions#compare"]
+    if "predictions#compare" in inputs:
+        runs.append(inputs["predictions#compare"])
+    runs = list({artifact.digest: artifact for artifact in runs}.values())  # each version once (compare may repeat)
+    # The other versions' AP before the main table is read, each table gone before the next: at 1,000,000 rows
+    # compute_metrics peaks about 1 GB above its table, which must not stack on the main table and its metrics.
+    other_aps = {artifact.digest: _micro_ap(artifact) for artifact in runs if artifact is not main}
     table = read_predictions(main)
     if not labelled_mask(table).any():
         raise UserError(f"{main.ref} has no labelled rows (predictions on a plain folder): there is nothing to "
@@ -105,12 +113,14 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
     specs["score_scatter.png"] = charts.score_scatter(table, pair[0], pair[1], classes)
     hist_pair = params.histogram or pair
     specs["class_distributions.png"] = charts.class_distributions(table, hist_pair[0], hist_pair[1], params.bins)
-    runs = [main] + [a for key, a in sorted(inputs.items()) if key.startswith("predictions#") and key != "predictions#compare"]
-    if "predictions#compare" in inputs:
-        runs.append(inputs["predictions#compare"])
-    runs = list({artifact.digest: artifact for artifact in runs}.values())  # each version once (compare may repeat)
     specs["ap_across_runs.png"] = charts.ap_by_epoch(*_ap_histories(runs))
-    specs["ap_per_version.png"] = charts.ap_across_runs(_ap_points(runs, params, main, metrics), params.across_x)
+    other_aps[main.digest] = metrics["micro"]["average_precision"]
+    specs["ap_per_version.png"] = charts.ap_across_runs(_ap_points(runs, params, other_aps), params.across_x)
+    # Full-resolution curves are millions of points at 1,000,000 rows: kept exactly, as counts, apart from
+    # the summary (report/metrics.py: curves_npz, read_curves). Stored now and dropped but for the operating
+    # curves the page's threshold panel reads, so they are not held beside the comparison's join.
+    curves_file = ctx.write_object(curves_npz(metrics["curves"], classes))
+    metrics["curves"] = {"operating": metrics["curves"]["operating"]}
     comparison, labels = None, None
     if "predictions#compare" in inputs:
         other = inputs["predictions#compare"]
@@ -125,11 +135,8 @@ def run(inputs: dict[str, Artifact], params: Params, ctx: StageContext) -> list[
                          lineage=lineage_of(main), comparison=comparison, comparison_labels=labels,
                          table_ref=main.ref)
 
-    # Full-resolution curves are millions of points at 1,000,000 rows: kept exactly, as counts, apart from
-    # the summary (report/metrics.py: curves_npz, read_curves).
-    curves = metrics.pop("curves")
-    files = {"metrics.json": ctx.write_object(json.dumps(metrics, indent=1).encode()),
-             CURVES_FILE: ctx.write_object(curves_npz(curves, classes)),
+    del metrics["curves"]
+    files = {"metrics.json": ctx.write_object(json.dumps(metrics, indent=1).encode()), CURVES_FILE: curves_file,
              "report.html": ctx.write_object(html.encode())}
     files.update({name: ctx.write_object(png) for name, png in images.items()})
     summary = {"accuracy": metrics["accuracy"], "top_k_accuracy": metrics["top_k_accuracy"],
@@ -156,16 +163,17 @@ def most_confused_pair(metrics: dict) -> list[str]:
     return pair if len(pair) == 2 else classes[:1] * 2
 
 
-def _ap_points(runs: list[Artifact], params: Params, main: Artifact, main_metrics: dict) -> list[dict]:
+def _micro_ap(artifact: Artifact) -> float | None:
+    """One version's micro AP, for the AP-per-version chart; its table and metrics are freed on return."""
     from report.metrics import compute_metrics
 
-    points = []
-    for artifact in runs:
-        metrics = main_metrics if artifact is main else compute_metrics(read_predictions(artifact),
-                                                                        artifact.manifest.meta["classes"])
-        points.append({"x": _x_value(artifact, params.across_x), "ap": metrics["micro"]["average_precision"],
-                       "label": artifact.ref})
-    return points
+    return compute_metrics(read_predictions(artifact), artifact.manifest.meta["classes"])["micro"]["average_precision"]
+
+
+def _ap_points(runs: list[Artifact], params: Params, aps: dict[str, float | None]) -> list[dict]:
+    """One point per version: where across_x places it and its micro AP (`aps` by version digest)."""
+    return [{"x": _x_value(artifact, params.across_x), "ap": aps[artifact.digest], "label": artifact.ref}
+            for artifact in runs]
 
 
 def _x_value(artifact: Artifact, across_x: str):
@@ -175,7 +183,11 @@ def _x_value(artifact: Artifact, across_x: str):
     if model is None:
         raise UserError(f"cannot place {artifact.ref} by {across_x}: no model found in its lineage; "
                         "use evaluate.across_x: version")
-    return model["train_images"] if across_x == "train_images" else len(model["history"])
+    value = model.get("train_images") if across_x == "train_images" else len(model.get("history") or [])
+    if value is None:  # a model logged from the user's own code without train_images=
+        raise UserError(f"cannot place {artifact.ref} by {across_x}: its model does not record how many images "
+                        "it trained on (log_model(..., train_images=N) does); use evaluate.across_x: version")
+    return value
 
 
 def _model_meta(artifact: Artifact) -> dict | None:

@@ -3,7 +3,7 @@
 Every file is read once: hashed, checked from its header (images/check.py) and, if the
 store lacks its content, staged as an object, all from the same bytes. Threads do the work in
 parallel because hashing and file I/O release the GIL. A stat cache of (size, mtime_ns, inode)
-lets an unchanged file skip all of that, and the runner's cache key uses the same stat data
+(images/statcache.py) lets an unchanged file skip all of that, and the runner's cache key uses the same stat data
 (`fingerprint`), so re-ingesting an unchanged folder reads no file content at all.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import unicodedata
 from array import array
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Annotated, Iterator, Literal, NamedTuple
 
 from images.check import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
+from images import statcache
 from lineage.contract import Output, StageContext
 from lineage.display import format_counts, printable_name
 from lineage.errors import UserError
@@ -30,12 +30,11 @@ from lineage.store import canonical_json
 
 NAME = "ingest"
 OUTPUT = "raw-data"
-CODE = ("stages/ingest.py", "images/check.py")
+CODE = ("stages/ingest.py", "images/check.py", "images/statcache.py")
 PROGRESS_MIN_FILES = 500
 CHUNK_FILES = 64
 FINGERPRINT_FILES = 65536
 ARROW_SLICE_FILES = 65536
-STAT_CACHE_FORMAT = 2
 LARGE_FILE_BYTES = 64 << 20  # above this a file is streamed, never read whole (see _examine_large)
 
 
@@ -242,11 +241,11 @@ def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
     found = Found(len(paths))
     # --force re-reads every file, so each object is re-hashed and a corrupt one rewritten (StageContext.force).
     if not ctx.force:
-        _reuse_stat_cache(cache_path, checks, scan, paths, found, ctx)
+        statcache.reuse(cache_path, checks, scan, paths, found, ctx.store)
     todo = found.unknown_rows()
     if len(todo):
         _examine_all(root, scan, paths, todo, params, ctx, found)
-    _save_stat_cache(ctx, cache_path, checks, scan, paths, found)
+    statcache.save(ctx.store, cache_path, checks, scan, paths, found)
 
     rejected = list(scan.problems) + [{"path": paths[row].as_py(), "reason": found.reasons[row]}
                                       for row in sorted(found.reasons)]
@@ -305,6 +304,16 @@ class Found:
             self.format_names.append(name)
         return self.format_names.index(name)
 
+    def forget(self, rows=None) -> None:
+        """Drop what the stat cache said of these rows (None: of every row), so they are read again."""
+        if rows is None:
+            self.formats[:] = -1
+            self.reasons.clear()
+            return
+        self.formats[rows] = -1
+        self.digests[rows] = 0
+        self.widths[rows] = self.heights[rows] = 0
+
     def unknown_rows(self):
         """Rows neither the stat cache nor a read has answered: the files to read."""
         import numpy as np
@@ -340,12 +349,16 @@ def _images_table(scan: Scan, paths, found: Found, kept, labels):
 
     from lineage import rows
 
-    take = pa.array(kept)
-    columns = {"path": paths.take(take), "digest": rows.hex_digests(found.digests[kept]),
-               "size": np.frombuffer(scan.sizes, dtype=np.int64)[kept],
-               "label": pa.array(scan.classes, pa.string()).take(pa.array(labels[kept])),
-               "format": pa.array(found.format_names, pa.string()).take(pa.array(found.formats[kept])),
-               "width": found.widths[kept], "height": found.heights[kept]}
+    every = len(kept) == len(paths)  # the usual case: the columns as they are, no copy of a million rows each
+
+    def pick(column):
+        return column if every else column[kept]
+
+    columns = {"path": paths if every else paths.take(pa.array(kept)), "digest": rows.hex_digests(pick(found.digests)),
+               "size": pick(np.frombuffer(scan.sizes, dtype=np.int64)),
+               "label": pa.array(scan.classes, pa.string()).take(pa.array(pick(labels))),
+               "format": pa.array(found.format_names, pa.string()).take(pa.array(pick(found.formats))),
+               "width": pick(found.widths), "height": pick(found.heights)}
     return rows.table_from_columns("images-v1", columns)
 
 
@@ -376,7 +389,7 @@ def _examine_all(root: Path, scan: Scan, paths, todo, params: Params, ctx: Stage
 
     bar = None
     if ctx.progress and len(todo) >= PROGRESS_MIN_FILES:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
         bar = tqdm(total=len(todo), desc="ingest", unit="file")
     chunks = (todo[start:start + CHUNK_FILES] for start in range(0, len(todo), CHUNK_FILES))
     with ThreadPoolExecutor(max(1, params.workers)) as pool:
@@ -473,190 +486,6 @@ def _resolve_repeats(scan: Scan, paths, found: Found, on_conflict: str):
         accepted[dropped] = False
         rows = np.flatnonzero(accepted)
     return rows, duplicates, conflicts
-
-
-# The stat cache, cache/stat/<root hash>.parquet: one row per file whose result can be reused, as columns
-# (about a quarter of the JSON it replaces, and read without a dict per row). Its key/value metadata holds the
-# format and the checks it was made with; a cache made with other checks is not used.
-_STAT_COLUMNS = (("path", "str"), ("size", "int"), ("mtime_ns", "int"), ("inode", "uint"), ("digest", "str"),
-                 ("format", "str"), ("width", "int"), ("height", "int"), ("reason", "str"))
-
-
-def _open_stat_cache(path: Path, checks: dict):
-    """The stat cache as an open Parquet file with the expected columns and checks, or None."""
-    if not os.path.isfile(path):  # a first ingest: not worth pyarrow.parquet's import
-        return None
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-        schema = parquet.schema_arrow
-    except (OSError, ValueError, pa.ArrowException):
-        return None
-    metadata = schema.metadata or {}
-    try:
-        if metadata.get(b"format") != str(STAT_CACHE_FORMAT).encode() \
-                or json.loads(metadata.get(b"checks", b"null")) != checks:
-            return None
-    except (ValueError, RecursionError):
-        return None
-    types = _stat_types()
-    if [(f.name, f.type) for f in schema] != [(name, types[kind]) for name, kind in _STAT_COLUMNS]:
-        return None
-    return parquet
-
-
-def _reuse_stat_cache(cache_path: Path, checks: dict, scan: Scan, paths, found: Found, ctx: StageContext) -> None:
-    """Take each file's cached result when its stat data still match and, for an image, its object is still
-    in the store (gc may have removed it). Joined in Arrow on the path, a few columns at a time, so no Python
-    object is made per row and the cache is never held whole beside its matches. The cache is disposable: a
-    damaged file, or a row in it that is not what _save_stat_cache writes, only means files are read again."""
-    import pyarrow as pa
-
-    parquet = _open_stat_cache(cache_path, checks)
-    if parquet is None:
-        return
-    try:
-        matched = _match_stat_cache(parquet, scan, paths, ctx)
-    except (OSError, ValueError, KeyError, pa.ArrowException):  # garbled pages: read every file again
-        return
-    if matched is None:
-        return
-    rejects, reasons, targets, digests, formats, widths, heights = matched
-    for row, reason in zip(rejects.tolist(), reasons):
-        found.reasons[row] = reason
-    if len(targets):
-        import numpy as np
-
-        codes = np.array([found.format_code(name) for name in formats.dictionary.to_pylist()], dtype=np.int16)
-        found.digests[targets] = digests
-        found.formats[targets] = codes[formats.indices.to_numpy()]
-        found.widths[targets], found.heights[targets] = widths, heights
-
-
-def _match_stat_cache(parquet, scan: Scan, paths, ctx: StageContext):
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    from lineage import rows as row_format
-
-    cached_paths = parquet.read(columns=["path"]).column("path")
-    where = pc.fill_null(pc.index_in(paths, value_set=cached_paths), -1).to_numpy()
-    del cached_paths
-    rows = np.flatnonzero(where >= 0)
-    source = pa.array(where[rows])
-    del where
-    stat = parquet.read(columns=["size", "mtime_ns", "inode"]).take(source)
-    same = pc.fill_null(pc.and_(pc.and_(
-        pc.equal(stat.column("size"), pa.array(np.frombuffer(scan.sizes, dtype=np.int64)[rows])),
-        pc.equal(stat.column("mtime_ns"), pa.array(np.frombuffer(scan.mtimes, dtype=np.int64)[rows]))),
-        pc.equal(stat.column("inode"), pa.array(np.frombuffer(scan.inodes, dtype=np.uint64)[rows]))), False)
-    del stat
-    keep = same.to_numpy(zero_copy_only=False)
-    rows, source = rows[keep], source.filter(same)
-    hits = parquet.read(columns=["digest", "format", "width", "height", "reason"]).take(source)
-    reason = hits.column("reason")
-    image = pc.fill_null(pc.and_(pc.and_(pc.is_null(reason), pc.match_substring_regex(hits.column("digest"),
-                                                                                      "^[0-9a-f]{64}$")),
-                                 pc.and_(pc.is_valid(hits.column("format")),
-                                         pc.and_(pc.is_valid(hits.column("width")),
-                                                 pc.is_valid(hits.column("height"))))), False)
-    rejects = np.flatnonzero(pc.is_valid(reason).to_numpy(zero_copy_only=False))
-    reasons = reason.take(pa.array(rejects)).to_pylist()
-    hits = hits.filter(image)
-    targets = rows[image.to_numpy(zero_copy_only=False)]
-    digests = row_format.packed_digests(hits.column("digest"))
-    present = _present(ctx.store.objects_dir, digests)
-    hits = hits.filter(pa.array(present))
-    return (rows[rejects], reasons, targets[present], digests[present],
-            hits.column("format").combine_chunks().dictionary_encode(),
-            hits.column("width").to_numpy(), hits.column("height").to_numpy())
-
-
-def _present(objects_dir: Path, digests):
-    """Which of these 32-byte digests name an object in the store (a numpy bool mask). For many, one listdir
-    per two-digit prefix, a prefix at a time, so a million names are never held at once."""
-    import numpy as np
-
-    from lineage import rows as row_format
-
-    present = np.zeros(len(digests), dtype=bool)
-    names = row_format.hex_digests(digests).to_pylist() if len(digests) < 512 else None
-    if names is not None:
-        for index, name in enumerate(names):
-            present[index] = os.path.exists(f"{objects_dir}/{name[:2]}/{name[2:]}")
-        return present
-    first = digests[:, 0]
-    order = np.argsort(first, kind="stable")
-    bounds = np.searchsorted(first[order], np.arange(257))
-    for prefix in range(256):
-        rows = order[bounds[prefix]:bounds[prefix + 1]]
-        if not len(rows):
-            continue
-        try:
-            listed = set(os.listdir(f"{objects_dir}/{prefix:02x}"))
-        except FileNotFoundError:
-            continue
-        wanted = row_format.hex_digests(digests[rows]).to_pylist()
-        present[rows] = [name[2:] in listed for name in wanted]
-    return present
-
-
-def _stat_types() -> dict:
-    import pyarrow as pa
-
-    return {"str": pa.string(), "int": pa.int64(), "uint": pa.uint64()}
-
-
-def _save_stat_cache(ctx: StageContext, path: Path, checks: dict, scan: Scan, paths, found: Found) -> None:
-    """Write every cacheable result, a slice of rows at a time: the hex digests and other columns of a million
-    rows are never built at once."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from lineage import rows as row_format
-
-    cacheable = np.ones(len(paths), dtype=bool)
-    cacheable[list(found.uncacheable)] = False
-    kept = np.flatnonzero(cacheable)
-    rejected = np.zeros(len(paths), dtype=bool)
-    rejected[list(found.reasons)] = True
-    format_names = pa.array(found.format_names + [None], pa.string())
-    types = _stat_types()
-    schema = pa.schema([(name, types[kind]) for name, kind in _STAT_COLUMNS],
-                       metadata={"format": str(STAT_CACHE_FORMAT), "checks": json.dumps(checks, sort_keys=True)})
-    staging = ctx.store.temp_path(".parquet")
-    try:
-        with pq.ParquetWriter(staging, schema, compression="zstd") as writer:
-            for start in range(0, len(kept), row_format.BATCH_ROWS):
-                rows = kept[start:start + row_format.BATCH_ROWS]
-                no_image = rejected[rows]
-                values = {"path": paths.take(pa.array(rows)), "size": np.frombuffer(scan.sizes, dtype=np.int64)[rows],
-                          "mtime_ns": np.frombuffer(scan.mtimes, dtype=np.int64)[rows],
-                          "inode": np.frombuffer(scan.inodes, dtype=np.uint64)[rows],
-                          "digest": _null_where(no_image, row_format.hex_digests(found.digests[rows])),
-                          "format": format_names.take(pa.array(np.where(no_image, len(found.format_names),
-                                                                        found.formats[rows]))),
-                          "width": found.widths[rows], "height": found.heights[rows],
-                          "reason": pa.array([found.reasons.get(row) for row in rows.tolist()], pa.string())
-                          if found.reasons else pa.nulls(len(rows), pa.string())}
-                writer.write_table(pa.table(values, schema=schema))
-        os.replace(staging, path)  # not fsynced: a cache lost to a crash is recomputed
-        path.with_suffix(".json").unlink(missing_ok=True)  # the JSON form of earlier versions
-    except OSError:
-        staging.unlink(missing_ok=True)
-        raise
-
-
-def _null_where(mask, values):
-    """`values` with null where `mask` is set (a rejected file has no digest)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    return pc.if_else(pa.array(mask), pa.nulls(len(values), values.type), values)
 
 
 def _report(ctx, root, count, todo, rejected, duplicates, counts) -> None:

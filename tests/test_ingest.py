@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -203,3 +204,47 @@ def test_a_cache_hit_needs_every_object_its_rows_name(tmp_path):
         result = runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None)
         assert not result.reused and store.object_path(digest).is_file()
     assert runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None).reused
+
+
+def test_stat_cache_matches_in_scan_order_where_it_differs_from_path_order(tmp_path, monkeypatch):
+    """The cache is merged into the scan a batch at a time, bounded by bisection in scan order (class folder
+    name, then path). "Aves-2/…" sorts before "Aves/…" as a path but after it as a folder, so a bisection by
+    plain path order would miss whole batches and read their files again."""
+    from lineage import rows
+
+    monkeypatch.setattr(rows, "BATCH_ROWS", 5)
+    root = make_class_folders(tmp_path / "src", {"Aves": 12, "Aves-2": 12, "Aves_3": 6})
+    (root / "Aves" / "deeper").mkdir()
+    write_image(root / "Aves" / "deeper" / "img.png", seed=777)
+    first, _ = _ingest(tmp_path, root)
+    write_image(root / "Aves-2" / "img_005.png", seed=4242)  # a change: the run is not a cache hit
+    again, messages = _ingest(tmp_path, root)
+    assert "31 files, 1 read, 30 unchanged" in messages[0]
+    assert [e for e in again["entries"] if e["path"] != "Aves-2/img_005.png"] == \
+        [e for e in first["entries"] if e["path"] != "Aves-2/img_005.png"]
+
+
+def test_a_stat_cache_in_another_order_gives_only_right_answers(tmp_path, monkeypatch):
+    """A cache whose rows are not in scan order (edited, or another writer's) is still only a hint: what the
+    merge cannot place is read again, and what it takes is the result a full read gives."""
+    import pyarrow.parquet as pq
+
+    from lineage import rows
+
+    monkeypatch.setattr(rows, "BATCH_ROWS", 4)
+    root = make_class_folders(tmp_path / "src", {"Aves": 9, "Insecta": 9})
+    (root / "Aves" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    first, _ = _ingest(tmp_path, root)
+    [cache] = (tmp_path / "store" / "cache" / "stat").glob("*.parquet")
+    table = pq.read_table(cache)
+    shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
+    pq.write_table(shuffled.replace_schema_metadata(table.schema.metadata), cache)
+    write_image(root / "Insecta" / "img_000.png", seed=4242)
+    again, messages = _ingest(tmp_path, root)
+    read = int(messages[0].split(" files, ")[1].split(" read")[0])
+    assert 1 <= read < 19, messages[0]  # some rows still merge; the rest are read again
+    assert [e for e in again["entries"] if e["path"] != "Insecta/img_000.png"] == \
+        [e for e in first["entries"] if e["path"] != "Insecta/img_000.png"]
+    changed = next(e for e in again["entries"] if e["path"] == "Insecta/img_000.png")
+    assert changed["digest"] == hashlib.sha256((root / "Insecta" / "img_000.png").read_bytes()).hexdigest()
+    assert again["meta"]["rejected"] == first["meta"]["rejected"]
