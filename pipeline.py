@@ -24,6 +24,7 @@ OPENED_STORES: list = []  # the stores this command opened, for naming one in an
 
 
 def main(argv: list[str] | None = None) -> int:
+    from lineage.contract import WorkerDone
     from lineage.environment import describe_os_error
     from lineage.interrupts import describe_interrupt
 
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except WorkerDone as done:  # a distributed run's other worker: its part is done, the chief commits
+        print(done)
+        return 0
     except KeyboardInterrupt:
         print(describe_interrupt(), file=sys.stderr)
         return 130
@@ -59,54 +63,26 @@ def _quiet_tensorflow(verbose: bool) -> None:
 # -- the stages ----------------------------------------------------------------------------
 
 def cmd_stage(args) -> int:
-    from lineage import runner
-    from stages import load_stage
+    from workflow.execute import run_one_stage
 
     config = _config(args)
     if args.command == "ingest" and args.source:
         config.sections["ingest"]["source"] = args.source
-    params = config.check([args.command])[args.command]
-    store = _store(config, create=args.command == "ingest")
-    result = runner.execute(store, load_stage(args.command), params, force=args.force,
-                            aliases=args.alias, log=_logger(args), progress=_progress(args))
+    result = run_one_stage(config, args.command, lambda create: _store(config, create=create), force=args.force,
+                           aliases=args.alias, log=_logger(args), progress=_progress(args))
     _say_result(result)
     return 0
 
 
 def cmd_run(args) -> int:
-    """Run the configured stages in order, each only if something it depends on changed.
-
-    Every stage's params are checked before the first starts, and the class names later stages
-    use as soon as the data's classes are known: a config that cannot succeed fails in seconds."""
-    from lineage import runner
-    from lineage.graph import Graph
-    from stages import load_stage
+    """Run the configured stages in order, each only if something it depends on changed
+    (workflow/execute.py: every stage's params are checked before the first starts)."""
+    from workflow.execute import run_configured_stages
 
     config = _config(args)
-    params = config.check(config.stages)
-    store = _store(config, create="ingest" in config.stages)
-    first = load_stage(config.stages[0])
-    if config.stages[0] != "ingest":  # its inputs exist already: their classes are known now
-        graph = Graph.load(store)
-        inputs = [graph.resolve(ref) for ref in first.input_refs(params[config.stages[0]]).values()]
-        _check_known_classes(store, config, config.stages, inputs)
-    for position, name in enumerate(config.stages):
-        result = runner.execute(store, load_stage(name), params[name], force=args.force,
-                                log=_logger(args), progress=_progress(args))
-        _say_result(result)
-        _check_known_classes(store, config, config.stages[position + 1:], result.outputs)
+    run_configured_stages(config, lambda create: _store(config, create=create), force=args.force,
+                          log=_logger(args), progress=_progress(args), each=_say_result)
     return 0
-
-
-def _check_known_classes(store, config, stages: list[str], versions) -> None:
-    """Check the later stages' class names against the first of these versions that has classes."""
-    if not config.class_checkers(stages):
-        return  # nothing later names classes: no manifest to read
-    for version in versions:
-        classes = store.read_manifest(version.key).meta.get("classes")
-        if classes:
-            config.check_classes(stages, classes, version.ref)
-            return
 
 
 def cmd_why(args) -> int:
@@ -391,7 +367,7 @@ def _report_dataset(args, config, store) -> int:
     from pathlib import Path
 
     from lineage.atomic import write_atomic
-    from lineage.contract import Artifact, StageContext
+    from lineage.contract import Artifact, ViewContext
     from lineage.graph import Graph
     from report.dataset import render_dataset_page
     from stages import evaluate
@@ -406,21 +382,6 @@ def _report_dataset(args, config, store) -> int:
     _check_report_path(out)
     artifact = Artifact.open(store, graph, version)
     params = config.params("evaluate")
-
-    class ViewContext(StageContext):
-        """Thumbnails are a cache: a read-only or full store still gets its page, made without one."""
-
-        def write_cache(self, path, data) -> None:
-            try:
-                super().write_cache(path, data)
-            except OSError:
-                pass
-
-        def cache_dir(self, *parts: str):
-            try:
-                return super().cache_dir(*parts)
-            except OSError:
-                return self.store.cache_dir.joinpath(*parts)
 
     context = ViewContext(store, "report", log=_logger(args), progress=False)
     page = render_dataset_page(title=f"Dataset {version.ref}", ref=version.ref,

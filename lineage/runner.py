@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from lineage.contract import Artifact, Stage, StageContext
+from lineage.contract import Artifact, Output, Stage, StageContext
 from lineage.errors import UserError
 from lineage.graph import Graph, Version, record_run
 from lineage.inprogress import run_in_progress
@@ -67,14 +67,22 @@ def _run_and_commit(store: Store, stage: Stage, params: Any, the_plan: Plan, gra
     try:
         outputs = stage.run(inputs, params, context)
     except (UserError, KeyboardInterrupt) as error:
-        record.status, record.finished = "failed", now()
-        record.duration_s, record.error = round(time.perf_counter() - t0, 3), str(error) or type(error).__name__
-        record_run(store, record)
+        record_failed_run(store, record, str(error) or type(error).__name__, t0)
         raise
     finally:  # what a stage staged into objects/ is already in place; its scratch files are not needed
         for folder in context.temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
 
+    versions = commit_run(store, record, outputs, t0, aliases, before, log)
+    return RunResult(stage.NAME, versions, reused=False, run_id=run_id)
+
+
+def commit_run(store: Store, record: RunRecord, outputs: list[Output], t0: float, aliases: list[str] = (),
+               before: Graph | None = None, log: Callable[[str], None] = print) -> list[Version]:
+    """Commit a run whose outputs' objects are staged: manifests, then the run record (the commit point, which
+    tells lineage/interrupts.py what it committed), then the graph, under the lock. The one commit path of the
+    built-in stages and of runs logged from the user's own code (keras_lineage/logged_run.py); the caller
+    holds the run's place in the store (`run_in_progress`) around it. `t0` is the run's perf_counter start."""
     for output in outputs:
         ref = store.write_manifest(output.manifest)
         # A version's size counts its manifest file too.
@@ -84,12 +92,20 @@ def _run_and_commit(store: Store, stage: Stage, params: Any, the_plan: Plan, gra
     record.aliases += [AliasRef(o.name, o.digest, a) for o in record.outputs for a in aliases]
     record.status, record.finished = "finished", now()
     record.duration_s = round(time.perf_counter() - t0, 3)
-    graph = record_run(store, record)  # the commit point; it tells lineage/interrupts.py what it committed
+    graph = record_run(store, record)
     versions = [graph.find(o.name, o.digest) for o in record.outputs]
     for output, version in zip(outputs, versions):
-        if output.manifest.rows is not None:
+        if before is not None and output.manifest.rows is not None:
             _note_new_manifest_form(store, before, version, log)
-    return RunResult(stage.NAME, versions, reused=False, run_id=run_id)
+    return versions
+
+
+def record_failed_run(store: Store, record: RunRecord, error: str, t0: float) -> None:
+    """A run that stopped (a UserError, Ctrl-C, or a logged run's exception) is recorded as failed: no version
+    becomes visible, and what it staged is garbage for gc."""
+    record.status, record.finished = "failed", now()
+    record.duration_s, record.error = round(time.perf_counter() - t0, 3), error
+    record_run(store, record)
 
 
 def _note_new_manifest_form(store: Store, before: Graph, version: Version, log: Callable[[str], None]) -> None:

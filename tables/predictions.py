@@ -100,6 +100,49 @@ def is_labelled(truth) -> bool:
     return not pd.isna(truth)
 
 
+def checked_table(frame, where: str):
+    """A table made outside train and infer (a logged run's, keras_lineage/logged_run.py), checked against the
+    schema: FIXED_COLUMNS in order, then one finite score in [0, 1] per class and nothing else; a unique string
+    id per row; a guess that is a class or UNKNOWN. Returns it with the scores and confidence as float32 (as
+    train and infer write them) and its classes; a UserError names the first thing that is wrong and the fix."""
+    import numpy as np
+    import pandas as pd
+
+    if not isinstance(frame, pd.DataFrame):
+        raise UserError(f"{where} is a {type(frame).__name__}, not a pandas DataFrame: pass the prediction table "
+                        "as a DataFrame")
+    columns = [str(c) for c in frame.columns]
+    classes = class_names(columns)
+    expected = list(FIXED_COLUMNS) + [score_column(c) for c in classes]
+    if columns != expected or not classes:
+        raise UserError(f"{where} has columns {columns[:12]}: a prediction table has "
+                        f"{', '.join(FIXED_COLUMNS)}, then {SCORE_PREFIX}<class> per class and nothing else "
+                        "(models/predict.py predict_table builds one)")
+    if len(set(classes)) != len(classes) or "" in classes:
+        raise UserError(f"{where} has a blank or repeated class among {classes}: name each class once")
+    table = frame.reset_index(drop=True).copy()
+    scores = table[[score_column(c) for c in classes] + ["confidence"]]
+    if not all(pd.api.types.is_numeric_dtype(t) and not pd.api.types.is_bool_dtype(t) for t in scores.dtypes):
+        raise UserError(f"{where}'s scores and confidence must be numbers: convert them with astype('float32')")
+    values = scores.to_numpy(dtype=np.float64, na_value=np.nan)
+    if not np.isfinite(values).all() or (values < 0).any() or (values > 1).any():
+        raise UserError(f"{where} has a score or confidence that is missing, not finite or outside [0, 1]: "
+                        "log the model's softmax probabilities")
+    ids = table["id"]
+    if not ids.map(lambda v: isinstance(v, str) and v != "").all() or ids.duplicated().any():
+        raise UserError(f"{where}'s ids must be distinct non-empty strings (each image's object digest)")
+    if not table["guess"].map(lambda v: isinstance(v, str) and (v in classes or v == UNKNOWN)).all():
+        raise UserError(f"{where} has a guess that is not one of its classes {classes} (or {UNKNOWN!r})")
+    for column in ("path", "split"):
+        if not table[column].map(lambda v: isinstance(v, str)).all():
+            raise UserError(f"{where}'s {column} column must hold strings")
+    if not table["truth"].map(lambda v: isinstance(v, str) or not is_labelled(v)).all():
+        raise UserError(f"{where}'s truth column must hold class names, or None where an image is unlabelled")
+    for column in scores.columns:
+        table[column] = table[column].astype(np.float32)
+    return table, classes
+
+
 def prediction_output(ctx: StageContext, table, classes: list[str], split: str, made_with: dict) -> Output:
     """A predictions version: the table as Parquet, with the class order and headline numbers."""
     buffer = io.BytesIO()

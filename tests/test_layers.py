@@ -1,5 +1,6 @@
-"""Imports point one way (docs/architecture.md): pipeline.py → workflow → stages → (models, report) →
-(tables, images) → lineage. A package importing one above it, even lazily inside a function, fails here."""
+"""Imports point one way (docs/architecture.md): (pipeline.py, keras_lineage) → workflow → stages →
+(models, report) → (tables, images) → lineage. A package importing one above it, even lazily inside a
+function, fails here."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("workflow", "stages", "models", "report", "tables", "images", "lineage", "demo")
+PACKAGES = ("keras_lineage", "workflow", "stages", "models", "report", "tables", "images", "lineage", "demo")
 # What each package may import from this project (besides itself).
 ALLOWED = {
+    "keras_lineage": {"workflow", "stages", "models", "report", "tables", "images", "lineage", "demo"},  # the API
     "workflow": {"stages", "lineage"},
     "stages": {"models", "report", "tables", "images", "lineage"},
     "models": {"tables", "images", "lineage"},
@@ -37,6 +39,15 @@ def test_imports_point_one_way():
         for path in sorted((ROOT / package).rglob("*.py")):
             for imported in _imported_packages(path) - ALLOWED[package] - {package}:
                 wrong.append(f"{path.relative_to(ROOT)} imports {imported}")
+    assert not wrong, wrong
+
+
+def test_nothing_imports_the_python_api():
+    """keras_lineage is the top layer, beside the CLI: the CLI and every package work without it."""
+    paths = [ROOT / "pipeline.py"] + [p for package in PACKAGES if package != "keras_lineage"
+                                      for p in sorted((ROOT / package).rglob("*.py"))]
+    assert len(paths) > 50
+    wrong = [str(p.relative_to(ROOT)) for p in paths if "keras_lineage" in _imported_packages(p)]
     assert not wrong, wrong
 
 
