@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -72,6 +73,30 @@ def tensorflow_imports(result: subprocess.CompletedProcess) -> list[str]:
     """The TensorFlow and Keras modules a run_cli_traced command imported (none, for one that neither trains
     nor predicts)."""
     return sorted(m for m in result.imported if m.split(".")[0] in ("tensorflow", "keras", "tf_keras"))
+
+
+@pytest.fixture(scope="session")
+def smoke_pipeline(tmp_path_factory) -> dict:
+    """configs/smoke.yaml run once end to end (ingest … evaluate) on tiny synthetic photos, for the whole session.
+    A test module that adds versions works on its own copy (`copy_smoke`), so modules stay independent."""
+    root = tmp_path_factory.mktemp("smoke-pipeline")
+    data, store = root / "data", root / "store"
+    made = run_cli("demo-data", "--source", "synthetic", "--out", str(data), "--per-class", "12")
+    assert made.returncode == 0, made.stderr
+    result = run_cli("run", "--config", str(PROJECT / "configs" / "smoke.yaml"), "--store", str(store),
+                     "--set", f"ingest.source={data}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return {"data": data, "store": store, "stdout": result.stdout}
+
+
+def copy_smoke(smoke_pipeline: dict, root: Path) -> dict:
+    """A private copy of the smoke store (the photos are shared, read only): root, data, store, CLI args, stdout."""
+    store = root / "store"
+    shutil.copytree(smoke_pipeline["store"], store, symlinks=True)
+    args = ["--config", str(PROJECT / "configs" / "smoke.yaml"), "--store", str(store),
+            "--set", f"ingest.source={smoke_pipeline['data']}"]
+    return {"root": root, "data": smoke_pipeline["data"], "store": store, "args": args,
+            "stdout": smoke_pipeline["stdout"]}
 
 
 def pytest_configure(config):

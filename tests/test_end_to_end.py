@@ -8,22 +8,14 @@ import shutil
 import pandas as pd
 import pytest
 
-from conftest import PROJECT, run_cli, run_cli_traced, tensorflow_imports
+from conftest import copy_smoke, run_cli, run_cli_traced, tensorflow_imports
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    root = tmp_path_factory.mktemp("smoke")
-    data, store = root / "data", root / "store"
-    made = run_cli("demo-data", "--source", "synthetic", "--out", str(data), "--per-class", "12")
-    assert made.returncode == 0, made.stderr
-    args = ["--config", str(PROJECT / "configs" / "smoke.yaml"), "--store", str(store),
-            "--set", f"ingest.source={data}"]
-    result = run_cli("run", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return {"root": root, "data": data, "store": store, "args": args, "stdout": result.stdout}
+def smoke(smoke_pipeline, tmp_path_factory):
+    return copy_smoke(smoke_pipeline, tmp_path_factory.mktemp("smoke"))
 
 
 def test_every_stage_wrote_its_version(smoke):

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import PROJECT, run_cli, run_cli_traced, tensorflow_imports
+from conftest import copy_smoke, run_cli, run_cli_traced, tensorflow_imports
 from lineage.errors import UserError
 from report.metrics import ALL_CLASSES, compute_metrics, curves_npz, read_curves, threshold_grid, thresholds
 from tables.predictions import UNKNOWN, guesses
@@ -284,16 +284,8 @@ def test_predict_table_with_min_score_on_a_real_keras_model():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("thresholds")
-    data, store = root / "data", root / "store"
-    made = run_cli("demo-data", "--source", "synthetic", "--out", str(data), "--per-class", "12")
-    assert made.returncode == 0, made.stderr
-    args = ["--config", str(PROJECT / "configs" / "smoke.yaml"), "--store", str(store),
-            "--set", f"ingest.source={data}"]
-    result = run_cli("run", *args)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return args
+def trained(smoke_pipeline, tmp_path_factory):
+    return copy_smoke(smoke_pipeline, tmp_path_factory.mktemp("thresholds"))["args"]
 
 
 def _rows(ref: str, args: list[str]) -> pd.DataFrame:
