@@ -44,6 +44,8 @@ def fake_nvidia_smi(folder: Path, exit_code: int) -> Path:
 def make(*args: str, cwd: Path = PROJECT, path_first: Path | None = None, **env: str) -> subprocess.CompletedProcess:
     path = os.environ["PATH"] if path_first is None else f"{path_first}{os.pathsep}{os.environ['PATH']}"
     clean = {key: value for key, value in os.environ.items() if key not in ("GPU", "MAKEFLAGS", "MAKELEVEL")}
+    if "-n" in args:  # show the recipes as if nothing were installed, whatever state this checkout's venv is in
+        args = ("-B", *args)
     return subprocess.run([MAKE, "--no-print-directory", *args], cwd=cwd, capture_output=True, text=True,
                           env={**clean, "PATH": path, **env}, timeout=120)
 
