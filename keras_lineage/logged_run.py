@@ -102,6 +102,7 @@ class LoggedRun:
 
     def __enter__(self) -> "LoggedRun":
         from lineage.inprogress import run_in_progress
+        from lineage.plan import run_key
         from lineage.provenance import environment, new_run_id, now
         from lineage.sync import fetch_missing_inputs
 
@@ -117,11 +118,9 @@ class LoggedRun:
         try:
             self.inputs = {key: Artifact.open(self.store, self._graph, v) for key, v in self._versions.items()}
             self._context = StageContext(self.store, self.stage, self.log, progress=False)
-            key_parts = {"code": self.code_digest, "params": self.params,
-                         "inputs": {key: v.digest for key, v in sorted(self._versions.items())}, "source": None}
             self._record = RunRecord(
                 id=self.run_id, stage=self.stage, status="running", params=self.params, all_params=self.params,
-                cache_key=sha256_bytes(canonical_json({"stage": self.stage, **key_parts})),
+                cache_key=run_key(self.stage, self.code_digest, self.params, self._versions, None),
                 code_digest=self.code_digest,
                 inputs=[InputRef(v.name, v.digest, self._asked[key]) for key, v in self._versions.items()],
                 started=now(), **environment())
@@ -204,6 +203,8 @@ class LoggedRun:
         and history.json, with the meta train writes. `class_names` follow the model's outputs; the input size
         is read off model.input_shape unless given; `resize` is how infer fits images to it; `history` and
         `best` come from this run's keras_callback."""
+        from stages.train import model_output
+
         ctx = self._ctx()
         classes = _checked_classes(class_names)
         outputs = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
@@ -216,17 +217,11 @@ class LoggedRun:
         path = work / "model.keras"
         model.save(path)
         _check_loads_back(path)
-        class_index = {name: i for i, name in enumerate(classes)}
-        files = {"model.keras": ctx.copy_object(path),
-                 "class_index.json": ctx.write_object(json.dumps(class_index, indent=1).encode()),
-                 "history.json": ctx.write_object(json.dumps(self.history, indent=1).encode())}
-        meta = {"classes": classes, "class_index": class_index, "input_size": size, "resize": resize,
-                "backbone": backbone, "weights": None, "preprocessing": preprocessing, "params": self.params,
-                "best": self.best, "history": self.history, "logged_by": self.stage,
-                **({"train_images": int(train_images)} if train_images is not None else {})}
         split = next((a for a in self.inputs.values() if a.version.name == "split"), None)
-        model_version = Manifest("model", source=split.version.key if split else None, files=files, meta=meta)
-        self._stage_output(Output(model_version))
+        self._stage_output(model_output(
+            ctx, path, classes, self.history, split.version.key if split else None, input_size=size, resize=resize,
+            backbone=backbone, weights=None, preprocessing=preprocessing, params=self.params, best=self.best,
+            logged_by=self.stage, **({"train_images": int(train_images)} if train_images is not None else {})))
 
     def log_table(self, frame, name: str = "predictions", split: str = "val") -> None:
         """Stage a prediction table (pandas, tables/predictions.py's schema, checked; ids must be images in

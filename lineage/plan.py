@@ -38,12 +38,15 @@ class Plan:
 
     @functools.cached_property
     def cache_key(self) -> str:
-        return sha256_bytes(canonical_json({"stage": self.stage.NAME, **self.key_parts()}))
+        return run_key(self.stage.NAME, self.code_digest, self.params, self.inputs, self.fingerprint)
 
-    def key_parts(self) -> dict:
-        return {"code": self.code_digest, "params": cache_params(self.params),
-                "inputs": {name: v.digest for name, v in sorted(self.inputs.items())},
-                "source": self.fingerprint}
+
+def run_key(stage: str, code: str | None, params: Any, inputs: dict[str, Version], source: str | None) -> str:
+    """The name of a run's result: the same stage, code, params, input digests and source give the same key.
+    A built-in stage's plan and a run logged from the user's code (keras_lineage/logged_run.py) both use it."""
+    return sha256_bytes(canonical_json({"stage": stage, "code": code, "params": cache_params(params),
+                                        "inputs": {name: v.digest for name, v in sorted(inputs.items())},
+                                        "source": source}))
 
 
 def plan(graph: Graph, stage: Stage, params: Any) -> Plan:

@@ -165,22 +165,29 @@ def _train(inputs: dict[str, Artifact], params: Params, ctx: StageContext, preci
 
     model_path = work / "model.keras"
     result.model.save(model_path)
-    class_index = {name: i for i, name in enumerate(classes)}
-    history = json.dumps(result.history, indent=1).encode()
-    files = {"model.keras": ctx.copy_object(model_path),
-             "class_index.json": ctx.write_object(json.dumps(class_index, indent=1).encode()),
-             "history.json": ctx.write_object(history)}
-    meta = {"classes": classes, "class_index": class_index, "input_size": size, "resize": params.resize,
-            "backbone": params.backbone, "weights": params.weights, "preprocessing": backbone.preprocessing,
-            "precision": precision, "distribute": distribution.setting, "replicas": distribution.replicas,
-            "global_batch_size": params.batch_size * distribution.replicas,
-            "params": asdict(params), "best": result.best, "history": result.history,
-            "train_images": len(train.labels), "skipped_images": train.failures + val.failures}
-    model = Output(Manifest(OUTPUT, source=split.version.key, files=files, meta=meta))
+    model = model_output(ctx, model_path, classes, result.history, split.version.key,
+                         input_size=size, resize=params.resize, backbone=params.backbone, weights=params.weights,
+                         preprocessing=backbone.preprocessing, precision=precision, distribute=distribution.setting,
+                         replicas=distribution.replicas, global_batch_size=params.batch_size * distribution.replicas,
+                         params=asdict(params), best=result.best, train_images=len(train.labels),
+                         skipped_images=train.failures + val.failures)
 
     table = predict_table(result.model, val.images, val.ids, val.paths, ["val"] * len(val.ids), val.truths,
                           classes, batch_size=params.batch_size, progress=ctx.progress)
     return [model, prediction_output(ctx, table, classes, split="val", made_with={"split": split.ref})]
+
+
+def model_output(ctx: StageContext, model_path: Path, classes: list[str], history: list[dict], source: str | None,
+                 **meta) -> Output:
+    """A model version as infer reads it: model.keras, class_index.json and history.json, and a meta that holds
+    the classes in output order, their index, the history and `meta` (input_size, resize, preprocessing, …).
+    train writes it, and so does a model logged from the user's own code (keras_lineage/logged_run.py)."""
+    class_index = {name: i for i, name in enumerate(classes)}
+    files = {"model.keras": ctx.copy_object(model_path),
+             "class_index.json": ctx.write_object(json.dumps(class_index, indent=1).encode()),
+             "history.json": ctx.write_object(json.dumps(history, indent=1).encode())}
+    return Output(Manifest(OUTPUT, source=source, files=files,
+                           meta={"classes": classes, "class_index": class_index, "history": history, **meta}))
 
 
 def _weights_file(weights: str | None) -> bool:
