@@ -57,12 +57,12 @@ def reuse(cache_path: Path, checks: dict, scan, paths, found, store) -> None:
     if parquet is None:
         return
     try:
-        _match(parquet, scan, paths, store.objects_dir, found)
+        _match(parquet, scan, paths, store, found)
     except (OSError, ValueError, KeyError, pa.ArrowException):  # garbled pages: read every file again
         found.forget()
 
 
-def _match(parquet, scan, paths, objects_dir: Path, found) -> None:
+def _match(parquet, scan, paths, store, found) -> None:
     """A merge of the cache into the scan, one record batch of the cache at a time, both in scan order (the
     order `save` writes): a batch's paths can only match the scan rows between its first and last
     path, found by bisection, so each join hashes one batch and the cache's decoded columns are never held
@@ -126,7 +126,7 @@ def _match(parquet, scan, paths, objects_dir: Path, found) -> None:
         images.append(targets)
     if images:
         targets = np.concatenate(images)
-        found.forget(targets[~_present(objects_dir, found.digests[targets])])
+        found.forget(targets[~store.objects_present(found.digests[targets])])
 
 
 def _scan_position(paths, path: str, after: bool) -> int:
@@ -143,35 +143,6 @@ def _scan_position(paths, path: str, after: bool) -> int:
         else:
             high = middle
     return low
-
-
-def _present(objects_dir: Path, digests):
-    """Which of these 32-byte digests name an object in the store (a numpy bool mask). For many, one listdir
-    per two-digit prefix, a prefix at a time, so a million names are never held at once."""
-    import numpy as np
-
-    from lineage import rows as row_format
-
-    present = np.zeros(len(digests), dtype=bool)
-    names = row_format.hex_digests(digests).to_pylist() if len(digests) < 512 else None
-    if names is not None:
-        for index, name in enumerate(names):
-            present[index] = os.path.exists(f"{objects_dir}/{name[:2]}/{name[2:]}")
-        return present
-    first = digests[:, 0]
-    order = np.argsort(first, kind="stable")
-    bounds = np.searchsorted(first[order], np.arange(257))
-    for prefix in range(256):
-        rows = order[bounds[prefix]:bounds[prefix + 1]]
-        if not len(rows):
-            continue
-        try:
-            listed = set(os.listdir(f"{objects_dir}/{prefix:02x}"))
-        except FileNotFoundError:
-            continue
-        wanted = row_format.hex_digests(digests[rows]).to_pylist()
-        present[rows] = [name[2:] in listed for name in wanted]
-    return present
 
 
 def _stat_types() -> dict:

@@ -53,7 +53,7 @@ def atomic_path(path: PathLike, *, durable: bool = True, temp_dir: PathLike | No
     try:
         yield staging
         if durable:
-            _fsync(staging)
+            fsync_path(staging)
         _rename_into_place(staging, path, durable)
     except BaseException:
         _discard(staging)
@@ -72,10 +72,10 @@ def _rename_into_place(staging: str, path: PathLike, durable: bool) -> None:
     os.makedirs(folder, exist_ok=True)
     os.replace(staging, path)
     if durable:
-        _fsync(folder)  # the rename itself survives a power loss only once its folder is synced
+        fsync_path(folder)  # the rename itself survives a power loss only once its folder is synced
 
 
-def _fsync(path: str) -> None:
+def fsync_path(path: str) -> None:
     """fsync a file or a folder by name (Linux allows it on a read-only descriptor)."""
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 from lineage.errors import UserError
 from lineage.graph import Graph, Version
+from lineage.packs import PackWriter
 from lineage.records import FileRef, Manifest
 from lineage.store import Store
 
@@ -107,6 +108,10 @@ class Artifact:
 
     def object_path(self, digest: str) -> Path:
         return self.store.object_path(digest)
+
+    def open_object(self, digest: str):
+        """An image's bytes as a binary file, loose or packed (Store.open_object)."""
+        return self.store.open_object(digest)
 
     @classmethod
     def open(cls, store: Store, graph: Graph | None, version: Version) -> "Artifact":
@@ -205,6 +210,15 @@ class StageContext:
         """Stage bytes as an object (an image, a version's named file); returns the digest and size a
         manifest holds. `digest` if the caller already hashed them; see Store.write_object for `link_from`."""
         return FileRef(self.store.write_object(data, digest, link_from, recheck=self.force), len(data))
+
+    def pack_writer(self) -> PackWriter:
+        """A writer of packs for many small objects (lineage/packs.py): `close` it once they are all written,
+        `discard` it on failure."""
+        return self.store.pack_writer()
+
+    def pack_object(self, writer: PackWriter, data: bytes, digest: str) -> FileRef:
+        """Stage a small object (at most PACK_OBJECT_LIMIT bytes) into `writer`'s pack, unless it is here."""
+        return FileRef(self.store.pack_object(writer, data, digest, recheck=self.force), len(data))
 
     def copy_object(self, path: str | os.PathLike) -> FileRef:
         """Stage a file on disk as an object, streamed (a model file, a large image)."""

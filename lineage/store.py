@@ -3,6 +3,7 @@
 Layout (see docs/architecture.md):
 
     objects/sha256/ab/cdef…          one immutable blob per distinct content
+    objects/packs/<name>.pack, .idx  small objects packed together, indexed by digest (lineage/packs.py)
     manifests/<name>/<digest>.json   one immutable manifest per artifact version; <digest> is the
                                      sha256 of its canonical bytes, less the name of its rows
                                      object (lineage/rows.py), so verify can re-hash it
@@ -22,16 +23,18 @@ import bisect
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
 import re
 import stat
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 from lineage.atomic import write_atomic
 from lineage.errors import UserError
+from lineage.packs import PackSet, PackWriter
 from lineage.records import (CorruptRecord, Manifest, RowsRef, RunRecord, VersionRef, is_digest, is_name,
                               parse_json)
 
@@ -82,7 +85,9 @@ class Store:
         self.graph_path = self.root / "lineage.json"
         self.lock_path = self.root / "lock"
         self.quarantine_dir = self.root / "quarantine"  # damaged files moved aside by `verify --repair`
+        self.packs_dir = self.root / "objects" / "packs"
         self._objects_prefix = f"{self.objects_dir}/"
+        self._packs: PackSet | None = None  # loaded on first use: most commands never read an image
         # Checked manifests by (name, digest): a manifest's name is the hash of its bytes, so one that has
         # passed the check once is the same wherever it is read again in this process.
         self._manifests: dict[VersionRef, Manifest] = {}
@@ -116,8 +121,8 @@ class Store:
 
     def refuse_symlinks(self) -> None:
         """A store never writes or deletes through a link inside itself: a linked folder could point anywhere."""
-        for path in (self.objects_dir.parent, self.objects_dir, self.manifests_dir, self.runs_dir, self.cache_dir,
-                     self.tmp_dir, self.root / "inprogress", self.lock_path, self.root / "runs.lock"):
+        for path in (self.objects_dir.parent, self.objects_dir, self.packs_dir, self.manifests_dir, self.runs_dir,
+                     self.cache_dir, self.tmp_dir, self.root / "inprogress", self.lock_path, self.root / "runs.lock"):
             if os.path.islink(path):
                 raise UserError(f"{path} is a symlink (to {os.readlink(path)}), not part of the store: the store "
                                 "never follows links inside itself; replace it with a real folder, or remove it")
@@ -126,6 +131,18 @@ class Store:
         """Forget which objects were seen present: a run calls this when it takes its hold on the store,
         as gc may have swept between two runs of one process (see lineage/inprogress.py)."""
         self._listed.clear()
+        self._packs = None
+
+    @property
+    def packs(self) -> PackSet:
+        """The store's packs, their indexes checked once per process (forget_listings loads them again)."""
+        if self._packs is None:
+            self._packs = PackSet(self.packs_dir)
+        return self._packs
+
+    def pack_writer(self) -> PackWriter:
+        """A writer of new packs; each finished pack is in place, and known to this store, at once."""
+        return PackWriter(self.packs_dir, self.tmp_dir, on_commit=lambda pack: self.packs.add(pack))
 
     # -- atomic writes -----------------------------------------------------------------
 
@@ -149,8 +166,9 @@ class Store:
     # -- objects -----------------------------------------------------------------------
 
     def object_path(self, digest: str) -> Path:
-        """An object's path; a digest that is not 64 hex characters (`../../etc/passwd` from an edited
-        manifest) is refused before any path is built from it."""
+        """A loose object's path (a packed one has none: read it with read_object or open_object); a digest
+        that is not 64 hex characters (`../../etc/passwd` from an edited manifest) is refused before any path
+        is built from it."""
         if not is_digest(digest):
             raise UserError(f"{str(digest)[:80]!r} is not an object digest (64 hex characters): a manifest or "
                             "run record is damaged; run `pipeline.py verify`")
@@ -162,16 +180,61 @@ class Store:
         return f"{self._objects_prefix}{digest[:2]}/{digest[2:]}"
 
     def missing_objects(self, digests: list[str]) -> list[str]:
-        """Which of these objects are absent. For many, one listdir per prefix beats a stat per object."""
+        """Which of these objects are absent, loose and packed. For many, one listdir per prefix beats a stat
+        per object."""
         if len(digests) < 512:
-            return [d for d in digests if not os.path.exists(self._object_file(d))]
-        listed = self._listed
-        for prefix in {d[:2] for d in digests} - listed.keys():  # each folder listed once per process
-            try:
-                listed[prefix] = set(os.listdir(f"{self._objects_prefix}{prefix}"))
-            except FileNotFoundError:
-                listed[prefix] = set()
-        return [d for d in digests if d[2:] not in listed[d[:2]]]
+            loose_missing = [d for d in digests if not os.path.exists(self._object_file(d))]
+        else:
+            listed = self._listed
+            for prefix in {d[:2] for d in digests} - listed.keys():  # each folder listed once per process
+                try:
+                    listed[prefix] = set(os.listdir(f"{self._objects_prefix}{prefix}"))
+                except FileNotFoundError:
+                    listed[prefix] = set()
+            loose_missing = [d for d in digests if d[2:] not in listed[d[:2]]]
+        if not loose_missing or not self.packs.packs:
+            return loose_missing
+        if len(loose_missing) < 512:
+            return [d for d in loose_missing if next(self.packs.locate(d), None) is None]
+        import numpy as np
+
+        packed = self.packs.contains(np.array([bytes.fromhex(d) for d in loose_missing], dtype="S32"))
+        return [d for d, here in zip(loose_missing, packed.tolist()) if not here]
+
+    def has_object(self, digest: str) -> bool:
+        """Whether the object is here, loose or packed (not re-hashed)."""
+        return os.path.exists(self._object_file(digest)) or next(self.packs.locate(digest), None) is not None
+
+    def objects_present(self, digests):
+        """Which of these 32-byte digests (a numpy (n, 32) uint8 array) name an object here, loose or packed:
+        a bool mask. For many, one listdir per two-digit prefix, a prefix at a time, so a million names are
+        never held at once; then one search per pack for the rest."""
+        import numpy as np
+
+        from lineage import rows as row_format
+
+        present = np.zeros(len(digests), dtype=bool)
+        if len(digests) < 512:
+            for index, name in enumerate(row_format.hex_digests(digests).to_pylist()):
+                present[index] = os.path.exists(self._object_file(name))
+        else:
+            first = digests[:, 0]
+            order = np.argsort(first, kind="stable")
+            bounds = np.searchsorted(first[order], np.arange(257))
+            for prefix in range(256):
+                rows = order[bounds[prefix]:bounds[prefix + 1]]
+                if not len(rows):
+                    continue
+                try:
+                    listed = set(os.listdir(f"{self._objects_prefix}{prefix:02x}"))
+                except FileNotFoundError:
+                    continue
+                wanted = row_format.hex_digests(digests[rows]).to_pylist()
+                present[rows] = [name[2:] in listed for name in wanted]
+        absent = np.flatnonzero(~present)
+        if len(absent) and self.packs.packs:
+            present[absent] = self.packs.contains(digests[absent])
+        return present
 
     def write_object(self, data: bytes, digest: str | None = None, link_from: str | None = None,
                      recheck: bool = False) -> str:
@@ -198,6 +261,17 @@ class Store:
             with open(staging, "wb") as handle:
                 handle.write(data)
         self._rename_into_place(staging, target)
+        return digest
+
+    def pack_object(self, writer: PackWriter, data: bytes, digest: str, recheck: bool = False) -> str:
+        """Store a small blob through a pack writer; returns its digest. An intact copy already here, loose or
+        packed, is kept and nothing is written (with `recheck`, only one whose bytes hash to its name)."""
+        if self._object_intact(self._object_file(digest), len(data), digest, recheck):
+            return digest
+        for pack, offset, size in self.packs.locate(digest):
+            if size == len(data) and (not recheck or self.packs.read(digest) is not None):
+                return digest
+        writer.add(digest, data)
         return digest
 
     def copy_object(self, path: str | os.PathLike, recheck: bool = False) -> tuple[str, int]:
@@ -240,10 +314,20 @@ class Store:
             os.replace(staging, target)
 
     def read_object(self, digest: str) -> bytes:
+        """An object's bytes, loose or packed, checked against its name."""
         path = self.object_path(digest)
         try:
             data = read_no_follow(path)
         except FileNotFoundError:
+            packed = self.packs.read(digest)
+            if packed is None and self._packs is not None:  # another process may have packed it since
+                self._packs = None
+                packed = self.packs.read(digest)
+            if packed is not None:
+                return packed
+            if next(self.packs.locate(digest), None) is not None:
+                raise UserError(f"object {digest[:12]} is corrupt in its pack: its bytes no longer hash to its "
+                                "name; run `pipeline.py verify` to see which stage rewrites it") from None
             raise UserError(f"object {digest[:12]} is missing from the store: run `pipeline.py verify`") from None
         except OSError as error:  # ELOOP: a symlink, which the store never makes
             raise UserError(f"object {path} is unreadable ({error.strerror}): run `pipeline.py verify`") from None
@@ -251,6 +335,23 @@ class Store:
             raise UserError(f"object {path} is corrupt: its bytes no longer hash to its name; "
                             "run `pipeline.py verify` to see which stage rewrites it")
         return data
+
+    def open_object(self, digest: str) -> BinaryIO:
+        """An image's bytes as a file to decode: a loose object's file (not re-hashed, as a path would not be),
+        or a packed object read and checked whole (packed objects are small)."""
+        try:
+            return open(os.open(self.object_path(digest), os.O_RDONLY | os.O_NOFOLLOW), "rb")
+        except FileNotFoundError:
+            return io.BytesIO(self.read_object(digest))
+
+    def object_size(self, digest: str) -> int:
+        """An object's size in bytes, loose or packed (FileNotFoundError if it is neither)."""
+        try:
+            return os.lstat(self._object_file(digest)).st_size
+        except FileNotFoundError:
+            for _, _, size in self.packs.locate(digest):
+                return size
+            raise
 
     # -- manifests and runs ------------------------------------------------------------
 
@@ -410,8 +511,8 @@ class Store:
 
     def rows_present(self, manifest: Manifest) -> bool:
         """Every object a version's rows name is present (not re-hashed: that is `verify`): what a cache hit
-        checks. From the sorted digest cache when there is one, a prefix folder at a time, so a million names
-        are never held at once and neither pyarrow nor numpy is imported."""
+        checks. From the sorted digest cache when there is one: packed images by a search of each pack's
+        index, loose ones a prefix folder at a time, so a million names are never held at once; no pyarrow."""
         if manifest.rows is None:
             return not self.missing_objects(manifest.inline_objects())
         try:
@@ -421,6 +522,9 @@ class Store:
         count = manifest.rows.count
         if len(data) != 32 * count:
             return not self.missing_objects(self.row_digests(manifest))
+        if self.packs.packs:  # packed images first, then the loose check for what is left
+            data = self.packs.unpacked(data)
+            count = len(data) // 32
         start = 0
         while start < count:
             prefix = data[32 * start]

@@ -1,7 +1,9 @@
 """ingest: a folder with one subfolder per class becomes `raw-data:vN`.
 
 Every file is read once: hashed, checked from its header (images/check.py) and, if the
-store lacks its content, staged as an object, all from the same bytes. Threads do the work in
+store lacks its content, staged as an object, all from the same bytes: a small one (most images of a
+large dataset) appended to a pack (lineage/packs.py), since creating a file per image costs more than
+reading and hashing it. Threads do the work in
 parallel because hashing and file I/O release the GIL. A stat cache of (size, mtime_ns, inode)
 (images/statcache.py) lets an unchanged file skip all of that, and the runner's cache key uses the same stat data
 (`fingerprint`), so re-ingesting an unchanged folder reads no file content at all.
@@ -24,6 +26,7 @@ from images import statcache
 from lineage.contract import Output, StageContext
 from lineage.display import format_counts, printable_name
 from lineage.errors import UserError
+from lineage.packs import PACK_OBJECT_LIMIT
 from lineage.params import Range
 from lineage.records import Manifest
 from lineage.store import canonical_json
@@ -91,15 +94,15 @@ def fingerprint(params: Params) -> str:
     """The folder's identity from stat data alone: what the cache key sees of the source."""
     scan = scan_source(source_root(params))
     digest = hashlib.sha256(canonical_json(scan.problems))
-    # One line per file (relative, label, size, mtime_ns, inode), %-formatted: building JSON for 100,000 rows costs
-    # more than the walk. Hashed a slice at a time, so a million files never become one string.
+    # Column by column, a slice at a time: the paths joined by NUL, then the sizes, mtimes and inodes as their
+    # machine bytes (formatting a line per file cost more than the walk). A million files never become one string.
     for label, first, end in scan.class_ranges():
+        digest.update(b"%s\0%d\n" % (label.encode(), end - first))
         for start in range(first, end, FINGERPRINT_FILES):
             stop = min(start + FINGERPRINT_FILES, end)
-            digest.update("".join(["%s\0%s\0%d\0%d\0%d\n" % (relative, label, size, mtime_ns, inode)
-                                   for relative, size, mtime_ns, inode in zip(
-                                       scan.paths[start:stop], scan.sizes[start:stop], scan.mtimes[start:stop],
-                                       scan.inodes[start:stop])]).encode())
+            digest.update("\0".join(scan.paths[start:stop]).encode() + b"\n")
+            for column in (scan.sizes, scan.mtimes, scan.inodes):
+                digest.update(column[start:stop].tobytes())
     return digest.hexdigest()
 
 
@@ -152,12 +155,25 @@ def _scan_class(root: Path, folder: os.DirEntry, label: str, scan: Scan, chain: 
         current, above = stack.pop()
         folder_relative = current[skip:].replace(os.sep, "/")
         under = folder_relative + "/"
-        # The loop runs once per file on every re-ingest: each check costs in proportion, so the common case
-        # (a plain ASCII-named file, no link) takes the fewest calls.
-        for entry in _list_folder(current, folder_relative, problems):
+        # This runs for every file on every re-ingest, so the common case (a plain ASCII-named file, no link)
+        # goes through list comprehensions, a folder at a time; only the rest takes the loop below, one check
+        # after another. The scan then costs little more than the stat calls themselves.
+        entries = [entry for entry in _list_folder(current, folder_relative, problems) if entry.name[0] != "."]
+        plain = [entry for entry in entries if entry.name.isascii() and not entry.is_symlink() and entry.is_file()] \
+            if under.isascii() else []
+        try:
+            stats = [entry.stat() for entry in plain]
+        except OSError:  # a file gone or unreadable since the listing: the loop below says which
+            plain, stats = [], []
+        if plain:
+            paths.extend([under + entry.name for entry in plain])
+            sizes.extend([info.st_size for info in stats])
+            mtimes.extend([info.st_mtime_ns for info in stats])
+            inodes.extend([info.st_ino for info in stats])
+            done = {id(entry) for entry in plain}
+            entries = [entry for entry in entries if id(entry) not in done]
+        for entry in entries:
             name = entry.name
-            if name[0] == ".":
-                continue
             relative = under + name
             if not relative.isascii() or entry.is_symlink():
                 skipped = _skip_reason(root, entry, relative, above)
@@ -244,7 +260,13 @@ def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
         statcache.reuse(cache_path, checks, scan, paths, found, ctx.store)
     todo = found.unknown_rows()
     if len(todo):
-        _examine_all(root, scan, paths, todo, params, ctx, found)
+        packer = ctx.pack_writer()
+        try:
+            _examine_all(root, scan, paths, todo, params, ctx, found, packer)
+        except BaseException:
+            packer.discard()
+            raise
+        packer.close()
     statcache.save(ctx.store, cache_path, checks, scan, paths, found)
 
     rejected = list(scan.problems) + [{"path": paths[row].as_py(), "reason": found.reasons[row]}
@@ -362,9 +384,11 @@ def _images_table(scan: Scan, paths, found: Found, kept, labels):
     return rows.table_from_columns("images-v1", columns)
 
 
-def _examine_all(root: Path, scan: Scan, paths, todo, params: Params, ctx: StageContext, found: Found) -> None:
+def _examine_all(root: Path, scan: Scan, paths, todo, params: Params, ctx: StageContext, found: Found,
+                 packer) -> None:
     """Examine files on a thread pool, a chunk per task: a future per file would cost more in the
-    main thread than the hashing saves, and hold 100,000 futures in memory on a large folder."""
+    main thread than the hashing saves, and hold 100,000 futures in memory on a large folder. Small
+    images go into `packer`'s packs; with link: hardlink every image stays a loose object (a link)."""
     prefix = f"{root}/"
     link = params.link == "hardlink"
 
@@ -384,7 +408,10 @@ def _examine_all(root: Path, scan: Scan, paths, todo, params: Params, ctx: Stage
         except Rejected as why:
             return Examined(True, reason=str(why))
         digest = hashlib.sha256(data)
-        ctx.write_object(data, digest.hexdigest(), link_from=path if link else None)
+        if link or len(data) > PACK_OBJECT_LIMIT:
+            ctx.write_object(data, digest.hexdigest(), link_from=path if link else None)
+        else:
+            ctx.pack_object(packer, data, digest.hexdigest())
         return Examined(True, digest.digest(), info.format, info.width, info.height)
 
     bar = None
