@@ -234,6 +234,8 @@ def cmd_gc(args) -> int:
     for kind, paths in (("object", garbage.objects), ("manifest", garbage.manifests), ("staging", garbage.staging)):
         for path in paths:
             print(f"{verb} {kind} {path}")
+    for line in garbage.pack_lines():
+        print(line)
     for record in garbage.stale_records:
         print(f"{verb} stale in-progress record {record.path} (a run of {record.describe()} that was killed)")
     for item in garbage.foreign:

@@ -11,10 +11,19 @@ link() and rename() set the ctime to now. A recent orphan manifest keeps its obj
 
 gc never follows a symlink inside the store and never deletes one: a linked folder or file
 could point anywhere, so it is reported as foreign, to be removed by hand.
+
+Packs (lineage/packs.py) are collected by the same rule, one pack at a time so memory stays bounded:
+each index's digests are looked up in the live set at once. A pack none of whose objects is live is
+removed (index first, then pack); a pack with some dead objects is rewritten without them, every live
+object re-hashed on the way, and the old one removed once the new one is in place. A live object whose
+bytes are damaged is never dropped: its pack is kept whole and reported (verify --repair deals with
+damage). A .pack without its .idx was left by a writer killed between its two renames: garbage. An
+index that does not check out is damage, left alone for verify.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -26,12 +35,37 @@ from typing import Callable, Iterator
 import numpy as np
 
 from lineage.digestset import DigestSet, drain, empty, pack_hex, pack_strings
+from lineage.display import human_size
 from lineage.errors import UserError
 from lineage.inprogress import RunInProgress, in_progress_records, sweep_hold
+from lineage.packs import INDEX_MAGIC, PACK_MAGIC, DamagedPack, Pack, read_index, remove_pack, write_pack
 from lineage.records import Manifest, VersionRef, is_digest
 from lineage.store import Store, sha256_file
 
 FOREIGN = "is a symlink, not part of the store: remove it by hand"
+REHASH_BATCH_BYTES = 8 << 20  # a rewrite looks up liveness this many bytes of objects at a time
+
+
+@dataclass
+class DeadInPack:
+    """A pack holding objects nothing live names: removed whole when none of them is live, else rewritten."""
+
+    pack_path: Path
+    index_path: Path
+    dead: int
+    live: int
+    frees: int  # bytes: the old pack and index, less the new ones
+
+    @property
+    def whole(self) -> bool:
+        return self.live == 0
+
+    def line(self, deleted: bool) -> str:
+        if self.whole:
+            return (f"{'removed' if deleted else 'would remove'} pack {self.pack_path} and its index: none of its "
+                    f"{self.dead} object(s) is referenced ({human_size(self.frees)})")
+        return (f"{'rewrote' if deleted else 'would rewrite'} pack {self.pack_path} without its {self.dead} "
+                f"unreferenced object(s), keeping {self.live} ({human_size(self.frees)} freed)")
 
 
 @dataclass
@@ -42,7 +76,11 @@ class Garbage:
     manifests: list[Path] = field(default_factory=list)
     staging: list[Path] = field(default_factory=list)
     stale_records: list[RunInProgress] = field(default_factory=list)  # left by runs that were killed
-    foreign: list[str] = field(default_factory=list)  # "<path> <why>": never followed, never deleted
+    packs: list[DeadInPack] = field(default_factory=list)
+    orphan_packs: list[Path] = field(default_factory=list)  # .pack files without their .idx
+    # "<path> <why>", reported as left alone: links (never followed, never deleted), damaged pack indexes
+    # and packs that hold a damaged live object (verify's business)
+    foreign: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "<path>: <reason>" for removals that failed
     in_progress: list[RunInProgress] = field(default_factory=list)  # a listing made while runs were staging
     bytes: int = 0
@@ -50,7 +88,16 @@ class Garbage:
 
     @property
     def count(self) -> int:
-        return len(self.objects) + len(self.manifests) + len(self.staging)
+        """Items: each loose object, manifest and staging entry, each dead packed object, each orphan pack."""
+        return len(self.objects) + len(self.manifests) + len(self.staging) + sum(p.dead for p in self.packs) \
+            + len(self.orphan_packs)
+
+    def pack_lines(self) -> list[str]:
+        """One report line per pack gc removes or rewrites (or would), orphan packs included."""
+        verb = "removed" if self.deleted else "would remove"
+        return [p.line(self.deleted) for p in self.packs] + \
+            [f"{verb} pack {path} (no index: left by a writer killed between its two renames)"
+             for path in self.orphan_packs]
 
 
 def collect_garbage(store: Store, delete: bool, grace_seconds: float, wait: bool = False,
@@ -63,17 +110,21 @@ def collect_garbage(store: Store, delete: bool, grace_seconds: float, wait: bool
     garbage = Garbage(deleted=delete)
     with sweep_hold(store, wait=wait, required=delete, log=log) as running, store.locked():
         garbage.in_progress = running
-        _find(store, garbage, cutoff=time.time() - grace_seconds)
+        kept = _find(store, garbage, cutoff=time.time() - grace_seconds)
         if delete:
-            for path in garbage.objects + garbage.manifests + garbage.staging + [r.path for r in garbage.stale_records]:
+            for path in garbage.objects + garbage.manifests + garbage.staging + garbage.orphan_packs \
+                    + [r.path for r in garbage.stale_records]:
                 try:
                     _remove(path)
                 except OSError as error:
                     garbage.failed.append(f"{path}: {error.strerror or error}")
+            _collect_packs(store, garbage, kept)
+            store.forget_listings()  # this process's listing of objects and packs is stale now
     return garbage
 
 
-def _find(store: Store, garbage: Garbage, cutoff: float) -> None:
+def _find(store: Store, garbage: Garbage, cutoff: float) -> DigestSet:
+    """Fill `garbage`; returns the digests of the objects kept, which a pack's rewrite keeps too."""
     live = live_versions(store)
     protected = _live_objects(store, live)
     manifests = dict(_manifest_files(store, garbage.foreign))
@@ -88,11 +139,14 @@ def _find(store: Store, garbage: Garbage, cutoff: float) -> None:
         for entry, referenced in zip(files, _referenced(prefix, files, kept)):
             if not referenced and _changed(Path(entry.path)) < cutoff:
                 garbage.objects.append(Path(entry.path))
+    _find_in_packs(store, garbage, kept, cutoff)
     garbage.staging = [p for p in _staging_entries(store, garbage.foreign) if _changed(p) < cutoff]
     # Once the sweep holds the store no run is alive, so every record left is stale; a listing
     # made while runs are in progress only names the records whose runs are gone.
     garbage.stale_records = [r for r in in_progress_records(store) if not r.alive]
-    garbage.bytes = sum(_size(p) for p in garbage.objects + garbage.manifests + garbage.staging)
+    files = garbage.objects + garbage.manifests + garbage.staging + garbage.orphan_packs
+    garbage.bytes = sum(_size(p) for p in files) + sum(p.frees for p in garbage.packs)
+    return kept
 
 
 def live_versions(store: Store) -> set[VersionRef]:
@@ -180,6 +234,118 @@ def _object_folders(store: Store, foreign: list[str]) -> Iterator[tuple[str, lis
                 else:
                     _note(foreign, entry.path, "is not an object file: remove it by hand")
             yield folder.name, files
+
+
+def _find_in_packs(store: Store, garbage: Garbage, kept: DigestSet, cutoff: float) -> None:
+    """Packs with objects `kept` lacks, and orphan .pack files, older than the cutoff. One index at a time,
+    read without following a link; a damaged one is left alone and reported, a link noted as foreign."""
+    entries = _scan(store.packs_dir)
+    indexes = {e.name[:-len(".idx")] for e in entries if e.name.endswith(".idx")}
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_symlink():
+            _note(garbage.foreign, entry.path, FOREIGN)
+        elif not entry.is_file(follow_symlinks=False) or not entry.name.endswith((".pack", ".idx")):
+            _note(garbage.foreign, entry.path, "is not a pack or a pack index: remove it by hand")
+        elif entry.name.endswith(".pack"):
+            if entry.name[:-len(".pack")] not in indexes and _changed(path) < cutoff:
+                garbage.orphan_packs.append(path)
+        else:
+            try:
+                pack = read_index(path)
+            except (DamagedPack, OSError) as why:
+                reason = str(why) if isinstance(why, DamagedPack) else f"unreadable: {why.strerror or why}"
+                _note(garbage.foreign, entry.path, f"is a pack index that does not check out ({reason}): run "
+                      "`pipeline.py verify`, whose --repair deals with it")
+                continue
+            if max(_changed(pack.pack_path), _changed(path)) < cutoff:
+                dead = _dead_in(pack, kept)
+                if dead is not None:
+                    garbage.packs.append(dead)
+
+
+def _dead_in(pack: Pack, kept: DigestSet) -> DeadInPack | None:
+    """What removing or rewriting this pack would free, or None when every object in it is live."""
+    _, _, sizes = pack.columns()
+    live = kept.contains(_digest_rows(pack.digest_block()))
+    if live.all():
+        return None
+    old_bytes = _size(pack.pack_path) + _size(pack.index_path)
+    count = int(live.sum())
+    new_bytes = 0 if not count else len(PACK_MAGIC) + int(sizes[live].sum()) + _index_bytes(count)
+    return DeadInPack(pack.pack_path, pack.index_path, dead=len(live) - count, live=count,
+                      frees=old_bytes - new_bytes)
+
+
+def _index_bytes(count: int) -> int:
+    """The size of the index of a pack of `count` objects (lineage/packs.py's layout)."""
+    return len(INDEX_MAGIC) + 8 + 48 * count + 32
+
+
+def _digest_rows(block: bytes) -> np.ndarray:
+    """32-byte digests back to back, as DigestSet's (n, 32) rows."""
+    return np.frombuffer(block, dtype=np.uint8).reshape(-1, 32)
+
+
+class _DamagedLive(Exception):
+    """A live object in a pack whose bytes do not hash to its digest: the pack must be kept whole."""
+
+
+def _collect_packs(store: Store, garbage: Garbage, kept: DigestSet) -> None:
+    """Remove the wholly dead packs and rewrite the others without their dead objects. A rewrite whose
+    pack holds a damaged live object, or cannot be read, keeps the old pack and says so instead."""
+    for dead in list(garbage.packs):
+        if not dead.whole:
+            try:
+                pack = read_index(dead.index_path)  # checked again: the sweep may run long after the listing
+                write_pack(store.packs_dir, store.tmp_dir, _live_objects_in(pack, kept))
+            except _DamagedLive as damaged:
+                _keep(garbage, dead, f"holds live object {damaged} whose bytes no longer hash to its name, so it "
+                      "was kept whole: run `pipeline.py verify --repair`, then gc again")
+                continue
+            except DamagedPack as why:
+                _keep(garbage, dead, f"was kept: its index no longer checks out ({why}): run `pipeline.py verify`")
+                continue
+            except OSError as error:
+                garbage.failed.append(f"{dead.pack_path}: rewriting it failed ({error.strerror or error})")
+                garbage.packs.remove(dead)
+                garbage.bytes -= dead.frees
+                continue
+        try:
+            remove_pack(dead.pack_path, dead.index_path)
+        except OSError as error:
+            garbage.failed.append(f"{dead.index_path}: {error.strerror or error}")
+
+
+def _keep(garbage: Garbage, dead: DeadInPack, why: str) -> None:
+    garbage.packs.remove(dead)
+    garbage.bytes -= dead.frees
+    _note(garbage.foreign, str(dead.pack_path), why)
+
+
+def _live_objects_in(pack: Pack, kept: DigestSet) -> Iterator[tuple[str, bytes]]:
+    """(hex digest, bytes) of the pack's live objects in pack order, each checked against its digest. The
+    live set is asked a batch at a time, so neither a Python set of digests nor the whole pack is held."""
+    batch: list[tuple[bytes, bytes]] = []
+    held = 0
+
+    def flush() -> Iterator[tuple[str, bytes]]:
+        live = kept.contains(_digest_rows(b"".join(raw for raw, _ in batch)))
+        for (raw, data), wanted in zip(batch, live.tolist()):
+            if wanted:
+                if hashlib.sha256(data).digest() != raw:
+                    raise _DamagedLive(raw.hex()[:12])
+                yield raw.hex(), data
+        batch.clear()
+
+    for raw, data in pack.objects():
+        batch.append((raw, data))
+        held += len(data)
+        if held >= REHASH_BATCH_BYTES or len(batch) >= 1 << 16:
+            yield from flush()
+            held = 0
+    if batch:
+        yield from flush()
 
 
 def _referenced(prefix: str, files: list[os.DirEntry], kept: DigestSet) -> np.ndarray:

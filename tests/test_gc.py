@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT, make_class_folders, run_cli, stored_rows, write_image
+from lineage.store import Store
 
 YEARS_AGO = time.time() - 5 * 365 * 86400
 
@@ -83,8 +84,8 @@ def _leave_as_garbage(store: Path, folder: Path) -> None:
 
 
 def _committed_versions_complete(store: Path) -> int:
-    """Every version a finished run made has its manifest and all its objects; returns how many."""
-    checked = 0
+    """Every version a finished run made has its manifest and all its objects, loose or packed; returns how many."""
+    checked, objects = 0, Store.open(store)
     for record_path in (store / "runs").glob("*.json"):
         record = json.loads(record_path.read_bytes())
         if record["status"] != "finished":
@@ -94,7 +95,7 @@ def _committed_versions_complete(store: Path) -> int:
             digests = [e["digest"] for e in stored_rows(store, manifest) if isinstance(e, dict)] + \
                       [f["digest"] for f in manifest.get("files", {}).values()] + \
                       ([manifest["rows"]["object"]] if "rows" in manifest else [])
-            missing = [d for d in digests if not (store / "objects" / "sha256" / d[:2] / d[2:]).exists()]
+            missing = objects.missing_objects(digests)
             assert not missing, f"{output['name']}@{output['digest'][:12]} lost {len(missing)}/{len(digests)} objects"
             checked += 1
     return checked
@@ -178,6 +179,7 @@ def test_a_run_killed_mid_stage_leaves_a_stale_record_that_gc_removes(tmp_path):
     assert f"removed stale in-progress record {records[0]}" in swept.stdout
     assert "removed object" in swept.stdout  # what the killed run had staged is garbage now
     assert not records[0].exists() and not list((store / "objects" / "sha256").rglob("*/*"))
+    assert not list((store / "objects" / "packs").iterdir())  # its images, packed, are garbage too
     _assert_verify_clean(store)
 
 
