@@ -3,6 +3,12 @@
 Nothing is deleted. A damaged object or manifest moves to quarantine/<kind>/, where no reader looks,
 and the next run of the stage that made it writes it afresh (same inputs give the same digest).
 
+A pack is never edited: one holding damaged objects has its intact objects written into a new pack
+(checked again as they are copied), then its index and pack move to quarantine/packs/, index first (a
+kill in between leaves a pack without an index: garbage, and its objects are in the new pack). The
+damaged objects are then missing, exactly as a quarantined loose object is, until their stage re-runs.
+A damaged index moves with its pack: what it held is missing, and verify names the stage to re-run.
+
 A damaged run record is the delicate case: the record is what makes its versions committed. So
 before it moves, its run is recovered from lineage.json, which holds every run's stage, status,
 times, inputs and outputs: a record rebuilt from that keeps each version under its number and
@@ -13,10 +19,13 @@ re-run, and `Store.quarantined_versions` keeps gc off their manifests until then
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from pathlib import Path
 
 from lineage.graph import Graph
+from lineage.packs import DamagedPack, read_index, write_pack
 from lineage.records import AliasRef, CorruptRecord, InputRef, OutputRef, RunRecord, parse_json
 from lineage.store import Store, read_no_follow
 
@@ -31,18 +40,54 @@ def repair(store: Store, report) -> list[str]:
     """Move what `verify` found damaged (a lineage/verify.py Report) to quarantine/, recover damaged run
     records and rebuild lineage.json. Returns the lines to print, ending with what to re-run."""
     lines = []
+    store.forget_listings()  # verify's checked indexes: a pack to rewrite is read afresh, and one copy is enough
     with store.locked():
         for damage in report.damaged:
             if damage.kind == "runs" or not (damage.path.exists() or damage.path.is_symlink()):
                 continue  # run records are recovered below, from lineage.json, before it is rebuilt
+            if damage.kind == "packs":
+                lines += _repair_pack(store, damage.path)
+                continue
             target = store.quarantine(damage.path, damage.kind)
             lines.append(f"moved {damage.path} to {target}")
+        store.forget_listings()  # the packs changed
         lines += _rebuild_locked(store, keep_graph=not report.graph_damaged)
-    fixes = sorted({d.fix for d in report.damaged if d.kind != "runs" and "--force" in d.fix})
+    fixes = sorted({d.after or d.fix for d in report.damaged if d.kind != "runs" and "--force" in (d.after or d.fix)})
     lines += [f"next: {fix}" for fix in fixes]
     if fixes:
         lines.append("then `pipeline.py verify` should find no problem")
     return lines
+
+
+def _repair_pack(store: Store, path: Path) -> list[str]:
+    """Set aside one damaged thing in objects/packs/: a pack holding damaged objects (its intact ones are
+    written into a new pack first), a damaged index with its pack, or a link or stray on its own."""
+    index, pack = path.with_suffix(".idx"), path.with_suffix(".pack")
+    if path != index and (path.is_symlink() or path != pack or not path.is_file()):
+        return [f"moved {path} to {store.quarantine(path, 'packs')}"]
+    lines = []
+    if path == pack:
+        try:
+            kept = write_pack(store.packs_dir, store.tmp_dir, _intact_objects(read_index(index)))
+        except (DamagedPack, OSError) as why:  # changed since verify read it: what it held is lost with it
+            lines.append(f"could not copy the intact objects out of {pack} ({why}): they are missing now")
+        else:
+            if any(p.name == pack.stem for p in kept):  # every object hashed after all: the copy is the pack itself
+                return [f"{pack} holds no damaged object any more: left as it is"]
+            names = ", ".join(p.name for p in kept) or "none (it held no intact object)"
+            lines.append(f"copied the {sum(p.count for p in kept)} intact objects of {pack.name} to new pack(s): "
+                         f"{names}")
+    for part in (index, pack):  # index first: a kill in between leaves a pack without an index, garbage for gc
+        if os.path.lexists(part):
+            lines.append(f"moved {part} to {store.quarantine(part, 'packs')}")
+    return lines
+
+
+def _intact_objects(pack):
+    """A pack's objects whose bytes still hash to their digests, in pack order."""
+    for digest, data in pack.objects():
+        if hashlib.sha256(data).digest() == digest:
+            yield digest.hex(), data
 
 
 def rebuild_lineage(store: Store) -> list[str]:

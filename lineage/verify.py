@@ -8,6 +8,14 @@ manifests left by an interrupted or failed run are unreferenced, invisible, and 
 At a million objects: the re-hash runs in worker processes (lineage/rehash.py) while this process
 checks manifests and rows, and which objects are present or referenced is kept packed
 (lineage/digestset.py), rows digests taken batch by batch from the one read that checks them.
+
+Packed objects (lineage/packs.py) are present once their pack's index checks out; the workers re-hash
+them a run of a pack at a time. A packed object that no longer hashes to its digest cannot be rewritten
+in place (packs are never appended to or edited), so its fix is `verify --repair`, which writes the
+pack's intact objects into a new pack and moves the old one to quarantine/packs/, then the re-run of the
+stage that owns it. A damaged index, or one whose pack is gone, loses every object it held: repair
+quarantines it, and the objects it held are then missing, named with their stage like any missing
+object. A pack without its index is what a run killed between the two renames leaves: garbage for gc.
 """
 
 from __future__ import annotations
@@ -18,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lineage.digestset import DigestSet, empty, pack_strings, unpack
+from lineage.digestset import QUERY_CHUNK, DigestSet, empty, pack_strings, unpack
 from lineage.errors import UserError
 from lineage.gc import object_intact
 from lineage.graph import Graph
+from lineage.packs import Pack, structure_problem
 from lineage.records import CorruptRecord, Manifest, RunRecord, VersionRef, is_digest, is_name, parse_json
 from lineage.rehash import Rehash
 from lineage.rows import packed_digests
@@ -32,9 +41,10 @@ from lineage.store import Store, read_no_follow, rerun_fix
 class Damage:
     """One damaged file: `verify --repair` moves it to quarantine/<kind>/ and `fix` rewrites it."""
 
-    kind: str  # objects, manifests or runs
+    kind: str  # objects, packs, manifests or runs
     path: Path
     fix: str
+    after: str = ""  # what to run once --repair has moved it, where `fix` says more (a packed object's)
 
 
 @dataclass
@@ -46,12 +56,13 @@ class Report:
     checked_runs: int = 0
     garbage_objects: int = 0
     garbage_manifests: int = 0
-    staging_leftovers: int = 0
+    staging_leftovers: int = 0  # tmp/ entries, and packs without an index (`orphan_packs`)
+    orphan_packs: int = 0
     graph_damaged: bool = False
 
-    def add(self, kind: str, path: Path, what: str, fix: str) -> None:
+    def add(self, kind: str, path: Path, what: str, fix: str, after: str = "") -> None:
         self.problems.append(f"{what}: {fix}")
-        self.damaged.append(Damage(kind, path, fix))
+        self.damaged.append(Damage(kind, path, fix, after))
 
 
 def verify(store: Store, workers: int | None = None) -> Report:
@@ -65,11 +76,16 @@ def verify(store: Store, workers: int | None = None) -> Report:
     records = _check_runs(store, report)
     producers = {o.key: r.stage for r in records if r.status == "finished" for o in r.outputs}
     live = set(producers) | store.quarantined_versions()  # what gc keeps (lineage/gc.py live_versions)
-    with Rehash(_object_folders(store, report), workers or os.cpu_count() or 1) as rehash:
+    store.forget_listings()  # the packs as they are now, their indexes checked
+    packs, misshapen = _trusted_packs(store)
+    with Rehash(_object_folders(store, report), workers or os.cpu_count() or 1, packs) as rehash:
+        damaged_indexes = _check_pack_files(store, report, misshapen)
+        pack_lines_at = len(report.problems)  # a damaged index is said here, once its fix is known
         readable = _check_manifests(store, report, records)
         rows_named = _read_rows(store, report, records, readable)
-        bad, present = _object_results(report, rehash.results())
-    _check_references(store, report, records, readable, rows_named, present)
+        bad, present = _object_results(report, rehash.results(), packs)
+    lost = _check_references(store, report, records, readable, rows_named, present, producers)
+    _report_damaged_indexes(report, damaged_indexes, lost, pack_lines_at)
     _name_object_fixes(store, report, bad, readable, rows_named, producers)
     _check_run_references(store, report, records, readable, producers)
     if len(records) == report.checked_runs:
@@ -78,7 +94,8 @@ def verify(store: Store, workers: int | None = None) -> Report:
     # While a live manifest is unreadable, which objects it needs is unknown: none is counted as garbage.
     unknown = any(key not in readable or (readable[key].rows is not None and key not in rows_named) for key in live)
     report.garbage_objects = 0 if unknown else _unreferenced(readable, live, rows_named, present)
-    report.staging_leftovers = sum(1 for _ in store.tmp_dir.iterdir()) if store.tmp_dir.exists() else 0
+    report.staging_leftovers = (sum(1 for _ in store.tmp_dir.iterdir()) if store.tmp_dir.exists() else 0) \
+        + report.orphan_packs
     return report
 
 
@@ -103,17 +120,161 @@ def _object_folders(store: Store, report: Report) -> list[tuple[str, str]]:
     return folders
 
 
-def _object_results(report: Report, results: list[dict]) -> tuple[dict[str, tuple[Path, str]], DigestSet]:
-    """The re-hash's findings: digest → (path, what is wrong) for the damaged objects, and every object
-    present (packed: 40 bytes each, where a set of str costs several times that)."""
-    bad: dict[str, tuple[Path, str]] = {}
+QUARANTINE_FIX = "`pipeline.py verify --repair` moves it to quarantine/"
+
+
+def _trusted_packs(store: Store) -> tuple[list[Pack], list[tuple[Path, str]]]:
+    """The packs whose index's layout is sound too (digests ascending, every object inside the pack), and
+    (index path, what is wrong) for the others: only a hand makes one, and a lookup by bisection in it can miss
+    objects, so it is treated as a damaged index and its objects as lost."""
+    trusted, misshapen = [], []
+    for pack in store.packs.packs:
+        why = structure_problem(pack)
+        if why is None:
+            trusted.append(pack)
+        else:
+            misshapen.append((pack.index_path, why))
+    return trusted, misshapen
+
+
+def _check_pack_files(store: Store, report: Report, misshapen: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    """Report what in objects/packs/ is no pack: symlinks and strays (damage), packs without an index
+    (garbage, counted). Returns the damaged indexes, reported once the missing objects are known."""
+    damaged = dict(store.packs.damaged + misshapen)
+    for entry in _entries(store.packs_dir):
+        path = Path(entry.path)
+        stem, _, suffix = entry.name.rpartition(".")
+        if entry.is_symlink() and suffix == "idx":  # an index that cannot be trusted: its objects are lost
+            damaged[path] = "a symlink: the store never makes one"
+        elif entry.is_symlink() and path.with_suffix(".idx") in damaged:
+            continue  # its index says so ("its pack … is not a plain file"), and repair moves both
+        elif entry.is_symlink():
+            report.add("packs", path, f"{path} is a symlink, not part of the store", QUARANTINE_FIX)
+        elif path in damaged:
+            continue
+        elif not entry.is_file(follow_symlinks=False) or suffix not in ("pack", "idx") or not is_digest(stem):
+            report.add("packs", path, f"{path} is not part of a pack", QUARANTINE_FIX)
+        elif suffix == "pack" and not os.path.lexists(path.with_suffix(".idx")):
+            report.orphan_packs += 1  # a run killed between the pack's rename and its index's: gc removes it
+    return sorted(damaged.items())
+
+
+def _report_damaged_indexes(report: Report, damaged: list[tuple[Path, str]], lost: set[str], at: int) -> None:
+    """A damaged index loses every object it held: they count as missing, so the stages whose versions now
+    miss objects they wrote are the ones to re-run once repair has moved it aside. Its lines go in at `at`,
+    before the missing objects they explain."""
+    later = report.problems[at:]
+    del report.problems[at:]
+    for path, why in damaged:
+        move = "`pipeline.py verify --repair` moves it and its pack to quarantine/"
+        if lost:
+            after = f"re-run {_rerun(lost)} with the config that made it to rewrite the objects it held"
+            report.add("packs", path, f"pack index {path} is damaged ({why})", f"{move}, then {after}", after)
+        else:
+            report.add("packs", path, f"pack index {path} is damaged ({why})", f"{move}; no version misses an object")
+    report.problems += later
+
+
+class _PackLookup:
+    """Membership in one pack's checked index without copying its digests: they are ascending, so the first 8
+    bytes of each, read big-endian, are an ascending integer key to search (8 bytes an object)."""
+
+    def __init__(self, pack: Pack):
+        self.digests = pack.columns()[0]  # views of the index's bytes, not copies
+        self.rows = self.digests.view(np.uint8).reshape(-1, 32)
+        self.keys = np.ascontiguousarray(self.rows[:, :8]).view(">u8").ravel().astype(np.uint64)
+
+    def locate(self, packed: np.ndarray) -> np.ndarray:
+        """For each (n, 32) query row, its position in the pack, or -1; a chunk of queries at a time."""
+        found = np.full(len(packed), -1, dtype=np.int64)
+        if len(self.digests):
+            for start in range(0, len(packed), QUERY_CHUNK):
+                found[start:start + QUERY_CHUNK] = self._locate(packed[start:start + QUERY_CHUNK])
+        return found
+
+    def _locate(self, packed: np.ndarray) -> np.ndarray:
+        queries = np.ascontiguousarray(packed).view("S32").ravel()
+        keys = np.ascontiguousarray(packed[:, :8]).view(">u8").ravel().astype(np.uint64)
+        start = np.searchsorted(self.keys, keys, side="left")
+        first = np.minimum(start, len(self.keys) - 1)
+        found = np.where(self.digests[first] == queries, first, -1)
+        # Digests sharing their first 8 bytes (hostile names only): the exact one may follow the first.
+        shared = (found < 0) & (first + 1 < len(self.keys))
+        shared[shared] &= self.keys[first[shared] + 1] == keys[shared]
+        for row in np.flatnonzero(shared):
+            stop = np.searchsorted(self.keys, keys[row], side="right")
+            equal = np.flatnonzero(self.digests[start[row]:stop] == queries[row])
+            if len(equal):
+                found[row] = start[row] + equal[0]
+        return found
+
+
+class Present:
+    """Every object in the store: the loose ones' digests packed in a DigestSet, the packed ones looked up in
+    their packs' indexes, which the store holds anyway (a second copy of a million digests would cost 40 MB
+    more, and twice that while it is sorted). An object in several places (loose and packed, or in two packs)
+    is one object."""
+
+    def __init__(self, loose: DigestSet, packs: list[Pack]):
+        self.loose = loose
+        self.packs = [_PackLookup(pack) for pack in packs]
+        # Which of each pack's objects are in no earlier place: each object is counted once, there.
+        self.first_copy = []
+        for number, lookup in enumerate(self.packs):
+            first = ~loose.contains(lookup.rows)
+            for earlier in self.packs[:number]:
+                first &= earlier.locate(lookup.rows) < 0
+            self.first_copy.append(first)
+
+    def contains(self, packed: np.ndarray) -> np.ndarray:
+        """For each (n, 32) query row, whether the object is here, loose or packed."""
+        found = self.loose.contains(packed)
+        for lookup in self.packs:
+            rest = np.flatnonzero(~found)
+            if not len(rest):
+                break
+            found[rest] = lookup.locate(packed[rest]) >= 0
+        return found
+
+    def count_unnamed(self, parts: list[np.ndarray]) -> int:
+        """How many objects here none of these packed digest arrays names (one flag per object)."""
+        loose_named = np.zeros(len(self.loose), dtype=bool)
+        pack_named = [np.zeros(len(lookup.digests), dtype=bool) for lookup in self.packs]
+        for part in parts:
+            found = self.loose.locate(part)
+            loose_named[found[found >= 0]] = True
+            for lookup, named in zip(self.packs, pack_named):
+                found = lookup.locate(part)
+                named[found[found >= 0]] = True
+        return int((~loose_named).sum()) + sum(int((first & ~named).sum())
+                                               for first, named in zip(self.first_copy, pack_named))
+
+
+def _object_results(report: Report, results: list[dict], packs: list[Pack]) -> tuple[list[tuple], Present]:
+    """The re-hash's findings: (digest, kind, path, what is wrong) for each damaged copy, and every object
+    present, loose or packed (loose ones packed: 40 bytes each, where a set of str costs several times that)."""
+    bad: list[tuple[str, str, Path, str]] = []
+    unreadable = set()
     for result in results:
         for path in result["strays"]:
-            report.add("objects", Path(path), f"{path} is not an object (its name is no digest)",
-                       "`pipeline.py verify --repair` moves it to quarantine/")
-        bad.update((name, (Path(path), why)) for name, path, why in result["damaged"])
+            report.add("objects", Path(path), f"{path} is not an object (its name is no digest)", QUARANTINE_FIX)
+        kind = "packs" if "pack" in result else "objects"
+        bad += [(name, kind, Path(path), why) for name, path, why in result["damaged"]]
         report.checked_objects += result["count"]
-    return bad, DigestSet(result["names"] for result in results)
+        if result.get("problem") and result["pack"] not in unreadable:  # said once per pack, not per job
+            unreadable.add(result["pack"])
+            _report_unreadable_pack(report, Path(result["pack"]), result["problem"], result["missing"])
+    return bad, Present(DigestSet(result["names"] for result in results if "pack" not in result), packs)
+
+
+def _report_unreadable_pack(report: Report, index: Path, problem: str, missing: bool) -> None:
+    pack = index.with_suffix(".pack")
+    if missing:  # gone or rewritten since its index was checked: gc, or a repair, ran meanwhile
+        report.problems.append(f"pack {pack} {problem}: run `pipeline.py verify` again")
+    else:
+        report.add("packs", index, f"pack {pack} {problem}",
+                   "`pipeline.py verify --repair` moves it and its index to quarantine/, then `pipeline.py verify` "
+                   "names the stage to re-run")
 
 
 def _check_manifests(store: Store, report: Report, records: list[RunRecord]) -> dict[VersionRef, Manifest]:
@@ -164,28 +325,36 @@ def _read_rows(store: Store, report: Report, records: list[RunRecord],
 
 
 def _check_references(store: Store, report: Report, records: list[RunRecord], readable: dict[VersionRef, Manifest],
-                      rows_named: dict[VersionRef, np.ndarray], present: DigestSet) -> None:
+                      rows_named: dict[VersionRef, np.ndarray], present: Present,
+                      producers: dict[VersionRef, str]) -> set[str]:
     """Every object a readable manifest names must be present (the rows' objects only if its rows could
-    be read)."""
+    be read). Returns the stages that made versions now missing objects they wrote themselves."""
+    lost = set()
     for ref, manifest in readable.items():
-        count, first = 0, None
+        count, first, rows_missing = 0, None, False
         for named in (_packed_inline(manifest.inline_objects()), rows_named.get(ref, empty())):
             missing = ~present.contains(named)
             count += int(missing.sum())
             if first is None and missing.any():
                 first = unpack(named[missing.argmax()])
+            rows_missing = bool(missing.any())  # the last pass is the rows'
         if count:
             report.problems.append(f"manifest {ref.short} references {count} missing object(s), "
                                    f"first {first[:12]}: {store.manifest_fix(ref, records)}")
+            owned_missing = (rows_missing and manifest.owns_rows) \
+                or not present.contains(_packed_inline(manifest.owned_objects())).all()
+            if ref in producers and owned_missing:
+                lost.add(producers[ref])
+    return lost
 
 
-def _name_object_fixes(store: Store, report: Report, bad: dict[str, tuple[Path, str]],
+def _name_object_fixes(store: Store, report: Report, bad: list[tuple[str, str, Path, str]],
                        readable: dict[VersionRef, Manifest], rows_named: dict[VersionRef, np.ndarray],
                        producers: dict[VersionRef, str]) -> None:
     """Each damaged object, with the stage that rewrites it: the one whose version holds it as an entry
     or file (a split only refers to raw-data's images; re-running split writes none of them)."""
     owners: dict[str, set[str]] = {}
-    damaged = DigestSet([pack_strings(bad)])
+    damaged = DigestSet([pack_strings({digest for digest, *_ in bad})])
     for key, manifest in readable.items():
         if not bad or key not in producers:
             continue
@@ -194,15 +363,35 @@ def _name_object_fixes(store: Store, report: Report, bad: dict[str, tuple[Path, 
             owned = np.concatenate([owned, rows_named[key]])
         for row in owned[damaged.contains(owned)]:
             owners.setdefault(unpack(row), set()).add(producers[key])
-    for digest, (path, why) in sorted(bad.items()):
-        stages = sorted(owners.get(digest, ()))
-        if stages:
-            fix = " or ".join(f"`pipeline.py {s} --force`" for s in stages)
-            fix = f"re-run {fix} with the config that made it to rewrite it (or `pipeline.py verify --repair` " \
-                  "moves it to quarantine/ first)"
+    for digest, kind, path, why in sorted(bad, key=lambda item: (item[0], item[1], str(item[2]))):
+        stages = owners.get(digest, set())
+        if kind == "packs":
+            _name_packed_fix(store, report, digest, path, why, stages)
+        elif stages:
+            fix = f"re-run {_rerun(stages)} with the config that made it to rewrite it (or `pipeline.py verify " \
+                  "--repair` moves it to quarantine/ first)"
+            report.add("objects", path, f"object {digest[:12]} is corrupt ({why}), at {path}", fix)
         else:
-            fix = "no version needs it: `pipeline.py verify --repair` moves it to quarantine/"
-        report.add("objects", path, f"object {digest[:12]} is corrupt ({why}), at {path}", fix)
+            report.add("objects", path, f"object {digest[:12]} is corrupt ({why}), at {path}",
+                       f"no version needs it: {QUARANTINE_FIX}")
+
+
+def _name_packed_fix(store: Store, report: Report, digest: str, pack: Path, why: str, stages: set[str]) -> None:
+    """A packed copy cannot be rewritten in place: repair rewrites its pack without it, and then, unless an
+    intact copy is already here (loose, or in another pack), the owning stage's re-run writes it again."""
+    what = f"object {digest[:12]} in pack {pack} is corrupt ({why})"
+    rewrite = "`pipeline.py verify --repair` rewrites its pack without it (the old pack goes to quarantine/packs/)"
+    if object_intact(store, digest) or store.packs.read(digest) is not None:
+        report.add("packs", pack, what, f"an intact copy is in the store: {rewrite}")
+    elif stages:
+        after = f"re-run {_rerun(stages)} with the config that made it to rewrite it"
+        report.add("packs", pack, what, f"{rewrite}, then {after}", after)
+    else:
+        report.add("packs", pack, what, f"no version needs it: {rewrite}")
+
+
+def _rerun(stages: set[str]) -> str:
+    return " or ".join(f"`pipeline.py {stage} --force`" for stage in sorted(stages))
 
 
 def _check_run_references(store: Store, report: Report, records: list[RunRecord],
@@ -242,15 +431,11 @@ def _check_graph(store: Store, report: Report) -> None:
 
 
 def _unreferenced(readable: dict[VersionRef, Manifest], live: set[VersionRef],
-                  rows_named: dict[VersionRef, np.ndarray], present: DigestSet) -> int:
+                  rows_named: dict[VersionRef, np.ndarray], present: Present) -> int:
     """How many objects present no live version names: each present object a live version names is marked
     (one flag per object; no second set of a million digests is built)."""
-    named = np.zeros(len(present), dtype=bool)
     inline = [d for key in live if key in readable for d in readable[key].inline_objects()]
-    for part in [_packed_inline(inline)] + [rows_named[key] for key in live if key in rows_named]:
-        found = present.locate(part)
-        named[found[found >= 0]] = True
-    return int((~named).sum())
+    return present.count_unnamed([_packed_inline(inline)] + [rows_named[key] for key in live if key in rows_named])
 
 
 def _packed_inline(digests: list[str]) -> np.ndarray:

@@ -10,13 +10,14 @@ are enough to make every kind of store file.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import make_class_folders, run_cli, stored_rows
+from conftest import make_class_folders, run_cli, stored_rows, write_image
 from lineage.errors import UserError
 from lineage.records import CorruptRecord, VersionRef
 from lineage.store import Store, canonical_json, sha256_bytes
@@ -33,8 +34,23 @@ DAMAGES = {
 
 @pytest.fixture
 def committed(tmp_path):
-    """A store with raw-data:v1, split:v1 and split:v2, and the config that made them."""
-    source = make_class_folders(tmp_path / "src", {"Aves": 6, "Fungi": 6})
+    """A store with raw-data:v1, split:v1 and split:v2, and the config that made them. Its images are small,
+    so ingest packs them (lineage/packs.py)."""
+    return _commit(tmp_path, {"Aves": 6, "Fungi": 6})
+
+
+@pytest.fixture
+def committed_large(tmp_path):
+    """The same, with one image over PACK_OBJECT_LIMIT too, which ingest stores as a loose object."""
+    from lineage.packs import PACK_OBJECT_LIMIT
+
+    large = write_image(tmp_path / "src" / "Aves" / "large.png", seed=77, size=(320, 256))
+    assert large.stat().st_size > PACK_OBJECT_LIMIT
+    return _commit(tmp_path, {"Aves": 5, "Fungi": 6})
+
+
+def _commit(tmp_path: Path, classes: dict[str, int]):
+    source = make_class_folders(tmp_path / "src", classes)
     store = tmp_path / "store"
     config = tmp_path / "config.yaml"
     config.write_text(f"store: {store}\nstages: [ingest, split]\ningest:\n  source: {source}\n"
@@ -218,14 +234,20 @@ def test_a_hostile_manifest_under_its_own_hash_never_reaches_outside_the_store(t
 
 # -- objects ------------------------------------------------------------------------------
 
-def _an_object(store: Path, versions: dict[str, str]) -> Path:
+def _image_digests(store: Path, versions: dict[str, str]) -> list[str]:
     manifest = json.loads(_manifest_path(store, "raw-data", versions["raw-data:v1"]).read_bytes())
-    digest = stored_rows(store, manifest)[0]["digest"]
-    return store / "objects" / "sha256" / digest[:2] / digest[2:]
+    return [row["digest"] for row in stored_rows(store, manifest)]
 
 
-def test_truncated_object_is_rewritten_by_ingest_force(committed):
-    config, store, versions = committed
+def _an_object(store: Path, versions: dict[str, str]) -> Path:
+    """The loose image (committed_large's large one): small images are packed."""
+    [blob] = [path for digest in _image_digests(store, versions)
+              if (path := store / "objects" / "sha256" / digest[:2] / digest[2:]).exists()]
+    return blob
+
+
+def test_truncated_object_is_rewritten_by_ingest_force(committed_large):
+    config, store, versions = committed_large
     blob = _an_object(store, versions)
     intact = blob.read_bytes()
     blob.write_bytes(intact[:10])  # a power loss: objects are not fsynced one by one
@@ -238,8 +260,8 @@ def test_truncated_object_is_rewritten_by_ingest_force(committed):
     assert_intact(config, versions)
 
 
-def test_flipped_byte_is_quarantined_by_repair_and_rewritten_by_ingest_force(committed):
-    config, store, versions = committed
+def test_flipped_byte_is_quarantined_by_repair_and_rewritten_by_ingest_force(committed_large):
+    config, store, versions = committed_large
     blob = _an_object(store, versions)
     intact = bytearray(blob.read_bytes())
     intact[len(intact) // 2] ^= 0xFF
@@ -253,8 +275,8 @@ def test_flipped_byte_is_quarantined_by_repair_and_rewritten_by_ingest_force(com
     assert_intact(config, versions)
 
 
-def test_flipped_byte_is_rewritten_by_ingest_force_alone(committed):
-    config, store, versions = committed
+def test_flipped_byte_is_rewritten_by_ingest_force_alone(committed_large):
+    config, store, versions = committed_large
     blob = _an_object(store, versions)
     intact = blob.read_bytes()
     blob.write_bytes(bytes([intact[0] ^ 1]) + intact[1:])
@@ -263,8 +285,8 @@ def test_flipped_byte_is_rewritten_by_ingest_force_alone(committed):
     assert_intact(config, versions)
 
 
-def test_symlinked_object_is_reported_and_not_followed(committed, tmp_path):
-    config, store, versions = committed
+def test_symlinked_object_is_reported_and_not_followed(committed_large, tmp_path):
+    config, store, versions = committed_large
     blob = _an_object(store, versions)
     outside = tmp_path / "outside.png"
     outside.write_bytes(blob.read_bytes())
@@ -274,6 +296,161 @@ def test_symlinked_object_is_reported_and_not_followed(committed, tmp_path):
     assert checked.returncode == 1 and "symlink" in checked.stdout
     assert cli(config, "ingest", "--force").returncode == 0
     assert not blob.is_symlink() and outside.exists()
+    assert_intact(config, versions)
+
+
+# -- packed objects (small images: lineage/packs.py) ---------------------------------------
+
+def _packed_image(store: Path, versions: dict[str, str]) -> tuple[str, Path, int, int]:
+    """(digest, pack path, offset, size) of a packed image of raw-data:v1."""
+    digest = _image_digests(store, versions)[3]
+    pack, offset, size = next(Store.open(store).packs.locate(digest))
+    return digest, pack.pack_path, offset, size
+
+
+def _flip_packed_byte(store: Path, versions: dict[str, str]) -> tuple[str, Path, bytes]:
+    """Flip one byte inside a packed image (same size: only a re-hash sees it); returns its digest, its pack
+    and its intact bytes."""
+    digest, pack, offset, size = _packed_image(store, versions)
+    with open(pack, "r+b") as handle:
+        handle.seek(offset)
+        intact = handle.read(size)
+        handle.seek(offset + size // 2)
+        handle.write(bytes([intact[size // 2] ^ 0xFF]))
+    return digest, pack, intact
+
+
+def test_flipped_byte_in_a_pack_is_named_and_repair_keeps_the_rest_of_the_pack(committed):
+    config, store, versions = committed
+    digest, pack, intact = _flip_packed_byte(store, versions)
+    checked = cli(config, "verify")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    [line] = [line for line in checked.stdout.splitlines() if line.startswith("problem:")]
+    assert f"object {digest[:12]} in pack {pack} is corrupt (its bytes hash to" in line
+    assert "`pipeline.py verify --repair`" in line and "`pipeline.py ingest --force`" in line
+
+    repaired = cli(config, "verify", "--repair")
+    assert repaired.returncode == 1 and "Traceback" not in repaired.stderr
+    damaged_bytes = (store / "quarantine" / "packs" / pack.name).read_bytes()
+    assert (store / "quarantine" / "packs" / pack.with_suffix(".idx").name).exists()
+    assert not pack.exists() and not pack.with_suffix(".idx").exists()
+    assert intact not in damaged_bytes  # the damaged copy went to quarantine, nothing was deleted
+    reopened = Store.open(store)
+    others = [d for d in _image_digests(store, versions) if d != digest]
+    assert all(sha256_bytes(reopened.read_object(d)) == d for d in others)  # the intact ones are in a new pack
+    with pytest.raises(UserError, match="is missing"):
+        reopened.read_object(digest)
+    missing = cli(config, "verify")
+    assert f"references 1 missing object(s), first {digest[:12]}: re-run `pipeline.py ingest --force`" \
+        in missing.stdout
+    nexts = [line for line in repaired.stdout.splitlines() if line.startswith("repair: next:")]
+    assert nexts == ["repair: next: re-run `pipeline.py ingest --force` with the config that made it to rewrite it"]
+    follow(config, nexts[0], only="ingest")
+    assert Store.open(store).read_object(digest) == intact
+    assert_intact(config, versions)
+
+
+def test_the_advice_for_a_flipped_byte_in_a_pack_followed_literally_leaves_verify_clean(committed):
+    config, store, versions = committed
+    digest, _, intact = _flip_packed_byte(store, versions)
+    line = next(line for line in cli(config, "verify").stdout.splitlines() if digest[:12] in line)
+    assert [c[0] for c in advice(line)] == ["verify", "ingest"]
+    follow(config, line)  # verify --repair, then ingest --force
+    assert Store.open(store).read_object(digest) == intact
+    assert_intact(config, versions)
+
+
+def test_ingest_force_alone_restores_a_packed_image_and_repair_drops_the_damaged_copy(committed):
+    config, store, versions = committed
+    digest, pack, intact = _flip_packed_byte(store, versions)
+    assert cli(config, "ingest", "--force").returncode == 0
+    assert Store.open(store).read_object(digest) == intact  # from its new pack: the damaged copy is passed over
+    checked = cli(config, "verify")
+    [line] = [line for line in checked.stdout.splitlines() if line.startswith("problem:")]
+    assert f"object {digest[:12]} in pack {pack}" in line and "an intact copy is in the store" in line
+    assert "--force" not in line  # nothing to re-run
+    repaired = cli(config, "verify", "--repair")
+    assert repaired.returncode == 0 and "next:" not in repaired.stdout, repaired.stdout
+    assert_intact(config, versions)
+
+
+def _truncate_index(index: Path, outside: Path) -> None:
+    index.write_bytes(index.read_bytes()[:100])
+
+
+def _remove_pack(index: Path, outside: Path) -> None:
+    index.with_suffix(".pack").unlink()
+
+
+def _link_pack(index: Path, outside: Path) -> None:
+    pack = index.with_suffix(".pack")
+    outside.write_bytes(pack.read_bytes())
+    pack.unlink()
+    pack.symlink_to(outside)
+
+
+def _link_index(index: Path, outside: Path) -> None:
+    outside.write_bytes(index.read_bytes())
+    index.unlink()
+    index.symlink_to(outside)
+
+
+def _truncate_pack(index: Path, outside: Path) -> None:
+    pack = index.with_suffix(".pack")
+    os.truncate(pack, pack.stat().st_size - 1)  # a power loss: the index is whole, its last object is not
+
+
+PACK_DAMAGES = {"truncated index": (_truncate_index, "cut short"), "pack gone": (_remove_pack, "is missing"),
+                "truncated pack": (_truncate_pack, "leaves the pack file"),
+                "symlinked pack": (_link_pack, "is not a plain file"), "symlinked index": (_link_index, "a symlink")}
+
+
+@pytest.mark.parametrize("damage", sorted(PACK_DAMAGES))
+def test_a_damaged_index_loses_its_objects_and_its_stage_writes_them_again(committed, tmp_path, damage):
+    config, store, versions = committed
+    [index] = (store / "objects" / "packs").glob("*.idx")
+    outside = tmp_path / "outside"
+    harm, said = PACK_DAMAGES[damage]
+    harm(index, outside)
+    checked = cli(config, "verify")
+    assert checked.returncode == 1 and "Traceback" not in checked.stderr
+    problems = [line for line in checked.stdout.splitlines() if line.startswith("problem:")]
+    first = problems[0]  # one line for the cause, before the missing objects it explains
+    assert f"pack index {index} is damaged (" in first and said in first, checked.stdout
+    assert "`pipeline.py verify --repair` moves it and its pack to quarantine/" in first
+    assert not any(index.stem in line for line in problems[1:]), checked.stdout
+    assert any("references 12 missing object(s)" in line and "`pipeline.py ingest --force`" in line
+               for line in problems), checked.stdout
+    assert [c[0] for c in advice(first)] == ["verify", "ingest"]
+    follow(config, first)  # verify --repair, then ingest --force
+    assert_intact(config, versions)
+    quarantined = store / "quarantine" / "packs"
+    assert os.path.lexists(quarantined / index.name)  # moved aside, never deleted
+    assert os.path.lexists(quarantined / index.with_suffix(".pack").name) != (damage == "pack gone")
+    if outside.exists():  # a link is moved as a link: its target is never followed, moved or emptied
+        assert (quarantined / f"{index.stem}.{'idx' if damage == 'symlinked index' else 'pack'}").is_symlink()
+        assert outside.stat().st_size > 0
+
+
+def test_a_pack_without_its_index_is_garbage_not_damage(committed):
+    """What a run killed between renaming its pack and its index leaves: gc's to remove, not a problem."""
+    config, store, versions = committed
+    [pack] = (store / "objects" / "packs").glob("*.pack")
+    orphan = pack.with_name("0" * 64 + ".pack")
+    orphan.write_bytes(pack.read_bytes())
+    checked = cli(config, "verify")
+    assert checked.returncode == 0 and " 0 problem(s)" in checked.stdout, checked.stdout
+    assert "1 staging leftover(s)" in checked.stdout
+
+
+def test_a_stray_in_the_packs_folder_is_quarantined(committed):
+    config, store, versions = committed
+    stray = store / "objects" / "packs" / "notes.txt"
+    stray.write_bytes(b"not a pack")
+    checked = cli(config, "verify")
+    assert checked.returncode == 1 and f"{stray} is not part of a pack" in checked.stdout
+    assert cli(config, "verify", "--repair").returncode == 0
+    assert (store / "quarantine" / "packs" / "notes.txt").read_bytes() == b"not a pack"
     assert_intact(config, versions)
 
 
