@@ -121,7 +121,8 @@ class Version:
 
     def files(self) -> dict[str, Path]:
         """Its named files (model.keras, predictions.parquet, metrics.json, …) → the object holding each.
-        The objects are the store's: read them, never write them (their name is the hash of their bytes)."""
+        The objects are the store's: read them, never write them (their name is the hash of their bytes).
+        Named files are always loose objects, so each has a path: only images are packed (lineage/packs.py)."""
         store = self._workspace.store()
         return {name: store.object_path(item.digest) for name, item in self.manifest.files.items()}
 

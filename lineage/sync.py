@@ -12,6 +12,11 @@ What moves: `push [REF…]` sends the named versions (all versions without REF) 
 remote can always answer `pull --with-ancestors`. `pull [REF…]` brings the run records and manifests of the
 named versions and their ancestors (the lineage stays whole), and the objects of the named versions only;
 `--with-ancestors` brings the ancestors' objects too.
+
+A remote holds loose objects only (objects/sha256/ab/cdef…), whatever the stores that push to it keep: a
+packed object (lineage/packs.py) is pushed as its own checked bytes, so any store can pull any object by its
+name. A pull packs the small images it brings, as ingest does, and keeps the rest loose (files, rows objects
+and large images: what readers open by path).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Callable, Iterable
 
 from lineage.errors import UserError
 from lineage.graph import PULL_STAGE, Graph
+from lineage.packs import PACK_OBJECT_LIMIT, PackWriter
 from lineage.records import CorruptRecord, Manifest, RunRecord, VersionRef, is_digest, is_name, parse_json
 from lineage.remote import Remote
 from lineage.store import Store, manifest_digest, read_no_follow, sha256_bytes, sha256_file
@@ -118,7 +124,7 @@ def push(store: Store, remote: Remote, refs: list[str], workers: int = 16, progr
                             "pushed: run `pipeline.py verify`, which names the stage that rewrites it")
         needed.update(dict.fromkeys(digests, 0))
     for digest in needed:
-        needed[digest] = os.path.getsize(store.object_path(digest))
+        needed[digest] = store.object_size(digest)  # loose or packed
     there = _remote_objects(remote) if needed else {}
     todo = [d for d, size in needed.items() if there.get(d) != size]  # a short object on the remote is replaced
     transfer.present = len(needed) - len(todo)
@@ -147,7 +153,8 @@ def _send_object(store: Store, remote: Remote, digest: str, size: int) -> None:
     """One object up, checked against its name first: a store's file that rotted (or was edited) must not
     reach the remote under a name it does not hash to, where every pull would refuse it. A small object is
     read once, for the hash and the PUT (which carries that hash for S3 to check on arrival); a large one is
-    hashed, then streamed."""
+    hashed, then streamed. A packed object has no file of its own: its bytes come from its pack, checked by
+    Store.read_object, and go up as a loose object (a remote holds no packs)."""
     path = store.object_path(digest)
     try:
         if size <= SMALL_OBJECT:
@@ -155,6 +162,12 @@ def _send_object(store: Store, remote: Remote, digest: str, size: int) -> None:
             actual = sha256_bytes(data)
         else:
             data, actual = None, sha256_file(path, follow_symlinks=False)
+    except FileNotFoundError:
+        try:
+            data, actual = store.read_object(digest), digest
+        except UserError:
+            raise UserError(f"object {digest[:12]} of this store is missing, or damaged in its pack, so it was not "
+                            "pushed: run `pipeline.py verify`, which names the stage that rewrites it") from None
     except OSError as error:
         raise UserError(f"object {digest[:12]} of this store cannot be read ({error.strerror}), so it was not "
                         "pushed: run `pipeline.py verify`, which names the stage that rewrites it") from None
@@ -214,7 +227,7 @@ def pull(store: Store, remote: Remote, refs: list[str], with_ancestors: bool = F
         # rows object, checked against its name on arrival.
         rows = {d for key, m in manifests.items() if m.rows is not None
                 for d in store.row_digests(m, cached=key not in arrived)}
-        _fetch_objects(store, remote, sorted(rows - first), there, transfer, workers, progress)
+        _fetch_objects(store, remote, sorted(rows - first), there, transfer, workers, progress, pack=True)
 
         for key, (_, data) in sorted(arrived.items()):
             store.write_atomic(store.manifest_path(key), data)
@@ -269,7 +282,10 @@ def _fetch_manifest(remote: Remote, key: VersionRef) -> tuple[Manifest, bytes]:
 
 
 def _fetch_objects(store: Store, remote: Remote, digests: list[str], there: dict[str, int], transfer: Transfer,
-                   workers: int, progress: bool) -> None:
+                   workers: int, progress: bool, pack: bool = False) -> None:
+    """Bring the objects missing here, each hashed on arrival. With `pack` (a version's images, which are
+    only ever decoded, never opened by path), those of at most PACK_OBJECT_LIMIT bytes go into new packs, as
+    ingest's do: a file per small image would cost more than its bytes; the rest land as loose objects."""
     todo = store.missing_objects(digests)
     transfer.present += len(digests) - len(todo)
     if todo and not there:
@@ -279,14 +295,24 @@ def _fetch_objects(store: Store, remote: Remote, digests: list[str], there: dict
         raise UserError(f"remote {remote.name} has no object {_object_key(absent[0])} ({len(absent)} missing): "
                         "push again from the store that made these versions, then pull")
 
+    def check_arrived(digest: str, actual: str) -> None:
+        if actual != digest:
+            raise UserError(f"remote {remote.name}: object {_object_key(digest)} is corrupt (its bytes hash to "
+                            f"{actual[:12]}, not to its name); it was not pulled: push it again from a store "
+                            "whose `pipeline.py verify` is clean, or remove it from the remote")
+
+    writer: PackWriter | None = store.pack_writer() if pack else None
+
     def fetch(digest: str) -> int:
+        if writer is not None and there[digest] <= PACK_OBJECT_LIMIT:
+            data = remote.read(_object_key(digest))
+            check_arrived(digest, sha256_bytes(data))
+            writer.add(digest, data)  # in place once the writer closes: before any manifest names it
+            return len(data)
         staging = str(store.temp_path())
         try:
             actual, size = remote.download(_object_key(digest), staging)
-            if actual != digest:
-                raise UserError(f"remote {remote.name}: object {_object_key(digest)} is corrupt (its bytes hash to "
-                                f"{actual[:12]}, not to its name); it was not pulled: push it again from a store "
-                                "whose `pipeline.py verify` is clean, or remove it from the remote")
+            check_arrived(digest, actual)
             target = store.object_path(digest)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, target)
@@ -295,7 +321,14 @@ def _fetch_objects(store: Store, remote: Remote, digests: list[str], there: dict
             if os.path.exists(staging):
                 os.remove(staging)
 
-    transfer.bytes += _parallel(todo, fetch, workers, progress, "pull", sum(there[d] for d in todo))
+    try:
+        transfer.bytes += _parallel(todo, fetch, workers, progress, "pull", sum(there[d] for d in todo))
+    except BaseException:
+        if writer is not None:
+            writer.discard()  # packs already closed stay: their objects count as here for the next pull
+        raise
+    if writer is not None:
+        writer.close()
     transfer.objects += len(todo)
     store.forget_listings()
 

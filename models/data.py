@@ -9,6 +9,10 @@ Pillow does the decoding because the store's images come in every format users h
 releases the GIL while decoding and resizing. bench/bench_train.py has the figures against
 tf.io.decode_image: on large photos Pillow is faster (JPEG draft mode decodes at a reduced
 scale); on 500 px JPEGs at 224 px TF is faster, as its resize does no antialiasing.
+
+An image to decode is a "source": a file's path, or a zero-argument callable that opens a binary file.
+The store's small images live in packs and have no path of their own (lineage/packs.py), so a split's
+images are opened through the store (models/split_images.py); a folder's files are plain paths.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO, Callable, Union
 
 import numpy as np
 from PIL import Image
@@ -31,14 +35,16 @@ FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 AUGMENTATION_KEYS = ("flip", "rotation", "zoom", "contrast")
 CACHE_FORMAT = 1  # bump when the decoded pixels would change for the same inputs
 
+ImageSource = Union[str, os.PathLike, Callable[[], BinaryIO]]  # a path, or what opens the image's bytes
+
 
 @dataclass(frozen=True)
 class DecodedImages:
     """A split's pixels, with the images that could not be read left out and named."""
 
     images: np.ndarray  # (K, S, S, 3) uint8; memory-mapped when it came from the cache
-    kept: np.ndarray  # (K,) int64: the index in the input paths of each row of images
-    failures: list[tuple[int, str, str]]  # (index, path, reason) for each skipped image
+    kept: np.ndarray  # (K,) int64: the index in the input sources of each row of images
+    failures: list[tuple[int, str, str]]  # (index, source_name, reason) for each skipped image
 
 
 def progress_enabled(progress: bool | None) -> bool:
@@ -50,9 +56,17 @@ def progress_enabled(progress: bool | None) -> bool:
 # one image
 
 
-def load_rgb(path: str, size_hint: int | None = None) -> Image.Image:
+def source_name(source: ImageSource) -> str:
+    """What a failure calls a source: its path, or the opener's str (a StoredImage's names its digest)."""
+    return os.fspath(source) if isinstance(source, (str, os.PathLike)) else str(source)
+
+
+def load_rgb(source: ImageSource, size_hint: int | None = None) -> Image.Image:
     """Open any image Pillow reads as 8-bit RGB: first frame, alpha dropped, 16-bit scaled."""
-    with Image.open(path) as img:
+    if callable(source):
+        with source() as handle:
+            return load_rgb(handle, size_hint)
+    with Image.open(source) as img:
         if size_hint and img.format == "JPEG":
             img.draft("RGB", (size_hint, size_hint))  # DCT-domain downscale: much faster
         img.load()
@@ -93,9 +107,9 @@ def check_resize_mode(resize_mode: str) -> None:
         raise UserError(f"resize mode {resize_mode!r} is unknown; use one of {', '.join(RESIZE_MODES)}")
 
 
-def decode_one(path: str, image_size: int, resize_mode: str) -> np.ndarray:
-    """One file to a (S, S, 3) uint8 array; raises whatever Pillow raises on a bad file."""
-    return fit_to_square(load_rgb(path, image_size), image_size, resize_mode)
+def decode_one(source: ImageSource, image_size: int, resize_mode: str) -> np.ndarray:
+    """One image to a (S, S, 3) uint8 array; raises whatever Pillow (or the opener) raises on a bad one."""
+    return fit_to_square(load_rgb(source, image_size), image_size, resize_mode)
 
 
 # ---------------------------------------------------------------------------------------
@@ -103,14 +117,15 @@ def decode_one(path: str, image_size: int, resize_mode: str) -> np.ndarray:
 
 
 def decode_images(
-    paths: list[str],
+    paths: list[ImageSource],
     image_size: int,
     resize_mode: str = "resize",
     cache_file: str | None = None,
     workers: int | None = None,
     progress: bool | None = None,
 ) -> DecodedImages:
-    """Decode and resize every path, reusing `cache_file` (a .npy the caller keys) if present.
+    """Decode and resize every source (a path or an opener, see ImageSource), reusing `cache_file` (a .npy
+    the caller keys) if present.
 
     A file that cannot be decoded is skipped and listed in `failures`, never raised: one
     corrupt download should not cost a user their training run.
@@ -140,7 +155,7 @@ def _decode_into(pixels, paths, image_size, resize_mode, workers, progress) -> l
             pixels[index] = decode_one(paths[index], image_size, resize_mode)
             return None
         except Exception as exc:  # any unreadable file is a skip, whatever Pillow raised
-            return index, paths[index], f"{type(exc).__name__}: {exc}"
+            return index, source_name(paths[index]), f"{type(exc).__name__}: {exc}"
 
     from tqdm.auto import tqdm
 

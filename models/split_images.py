@@ -8,6 +8,7 @@ stage reuses them instead of decoding again.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 
@@ -22,6 +23,20 @@ class SplitImages:
     paths: list[str]  # paths in the source folder, for people
     truths: list[str | None]
     failures: list[dict]  # images that could not be decoded: {"id", "path", "reason"}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """An image object opened when it is decoded, loose or packed: a packed one has no path of its own."""
+
+    artifact: Artifact
+    digest: str
+
+    def __call__(self) -> BinaryIO:
+        return self.artifact.open_object(self.digest)
+
+    def __str__(self) -> str:
+        return f"object {self.digest[:12]}"
 
 
 def load_split_images(split: Artifact, name: str, classes: list[str], size: int, resize: str,
@@ -42,7 +57,7 @@ def decode(artifact: Artifact, ids: list[str], paths: list[str], truths: list[st
            size: int, resize: str, cache_file: str | None, ctx: StageContext) -> SplitImages:
     from models.data import decode_images
 
-    decoded = decode_images([str(artifact.object_path(d)) for d in ids], size, resize, cache_file,
+    decoded = decode_images([StoredImage(artifact, d) for d in ids], size, resize, cache_file,
                             progress=ctx.progress)
     failures = [{"id": ids[i], "path": paths[i], "reason": reason} for i, _, reason in decoded.failures]
     for failure in failures:

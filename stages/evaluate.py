@@ -322,14 +322,14 @@ def thumbnails(artifact: Artifact, ids: list[str], params: Params, ctx: StageCon
                 return digest, data
         except OSError:
             pass
-        try:
-            with Image.open(artifact.object_path(digest)) as image:
+        try:  # loose or packed (a packed image has no path of its own)
+            with artifact.open_object(digest) as source, Image.open(source) as image:
                 image.draft("RGB", (params.thumbnail_px * 2, params.thumbnail_px * 2))  # JPEG: decode small
                 image = image.convert("RGB")
                 image.thumbnail((params.thumbnail_px, params.thumbnail_px))
                 buffer = io.BytesIO()
                 image.save(buffer, "JPEG", quality=70)
-        except (OSError, ValueError):
+        except (OSError, ValueError, UserError):  # missing or damaged (`verify` names it): no thumbnail
             return digest, None
         ctx.write_cache(cached, buffer.getvalue())
         return digest, buffer.getvalue()

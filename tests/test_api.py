@@ -22,6 +22,7 @@ from conftest import PROJECT, copy_smoke, make_class_folders, run_cli
 
 import keras_lineage as kl
 from lineage.errors import UserError
+from lineage.store import Store
 
 CLASSES = {"Amphibia": 6, "Aves": 6, "Fungi": 6}
 SPLIT = "split.per_class={train: 2, val: 2, test: 2}"
@@ -135,6 +136,7 @@ def test_dataset_rows_are_what_table_prints(tiny):
 
 
 def test_table_html_shows_the_first_rows_with_their_thumbnails(tiny):
+    assert list((tiny["store"] / "objects" / "packs").glob("*.idx"))  # the images are packed: no path each
     ws = kl.open(tiny["store"])
     table = ws["split:v1"].table(sort="path")
     page = table._repr_html_()
@@ -307,6 +309,11 @@ def test_load_model_predicts_as_infer_did(smoke):
     assert loaded.preprocessing == model.meta["preprocessing"] and loaded.resize == model.meta["resize"]
     assert loaded.model.output_shape[-1] == len(loaded.class_names)
     predictions = next(v for v in model.descendants() if v.name == "predictions").to_pandas()
+    # infer decoded every image of its split from the store's packs (small images have no file of their own)
+    store = Store.open(smoke["store"])
+    assert all(next(store.packs.locate(i), None) is not None for i in predictions["id"])
+    split_rows = ws["split:latest"].to_pandas()
+    assert sorted(predictions["id"]) == sorted(split_rows["id"][split_rows["split"] == predictions["split"][0]])
     paths = [str(smoke["data"] / p) for p in predictions["path"]]
     mine = loaded.predict(paths)
     scores = [f"score_{c}" for c in loaded.class_names]

@@ -106,9 +106,30 @@ def add_remote(store: Path, remote) -> None:
     ok("remote", "add", "team", *remote.add_args, "--default", "--store", str(store))
 
 
+def store_objects(store: Path) -> dict[str, bytes]:
+    """Every object a store holds, loose or packed, by digest: two stores holding the same objects may pack them
+    differently (a pack's name depends on the order its objects arrived in)."""
+    from lineage.packs import PackSet
+
+    found = {p.parent.name + p.name: p.read_bytes() for p in (store / "objects" / "sha256").rglob("*") if p.is_file()}
+    packs = PackSet(store / "objects" / "packs")
+    assert packs.damaged == []
+    for pack in packs.packs:
+        found.update((raw.hex(), data) for raw, data in pack.objects())
+    return found
+
+
 def store_files(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for folder in ("objects", "manifests", "runs")
-            for p in sorted((store / folder).rglob("*")) if p.is_file()}
+    """objects/<digest> for each object (loose or packed), and the store's manifests and run records."""
+    return {**{f"objects/{digest}": data for digest, data in sorted(store_objects(store).items())},
+            **{str(p.relative_to(store)): p.read_bytes() for folder in ("manifests", "runs")
+               for p in sorted((store / folder).rglob("*")) if p.is_file()}}
+
+
+def packed_digests(store: Path) -> set[str]:
+    from lineage.packs import PackSet
+
+    return {pack.digest(i).hex() for pack in PackSet(store / "objects" / "packs").packs for i in range(pack.count)}
 
 
 def moved(result: subprocess.CompletedProcess) -> int:
@@ -150,6 +171,34 @@ def test_push_then_pull_into_an_empty_store_gives_the_same_store(tmp_path, remot
                                                                                      str(store)).stdout)]
     assert listing(copy) == listing(source)
     assert moved(ok("pull", "--store", str(copy))) == 0
+
+
+def test_packed_images_push_as_loose_objects_and_pull_back_into_packs(tmp_path):
+    """Ingest packs small images; a remote holds loose objects only, so push sends each packed image under its
+    own name, and pull packs the images again: verify is clean and every image reads back the same."""
+    from lineage.store import Store
+
+    shared = FolderSide(tmp_path / "shared")
+    source = make_store(tmp_path, "a", {"Aves": 6, "Fungi": 6})
+    images = packed_digests(source)
+    assert len(images) == 12 and list((source / "objects" / "packs").glob("*.idx"))
+    add_remote(source, shared)
+    ok("push", "--store", str(source))
+    on_remote = shared.keys("objects/")
+    assert {f"objects/sha256/{d[:2]}/{d[2:]}" for d in images} <= set(on_remote)
+    assert not any("packs" in key for key in on_remote)
+    assert_intact(shared)
+
+    copy = tmp_path / "b"
+    add_remote(copy, shared)
+    ok("pull", "--store", str(copy))
+    assert "0 problem(s)" in ok("verify", "--store", str(copy)).stdout
+    assert packed_digests(copy) == images  # packed again, not one file per image
+    assert not any((copy / "objects" / "sha256" / d[:2] / d[2:]).exists() for d in images)
+    here, there = Store.open(source), Store.open(copy)
+    for digest in images:
+        assert there.read_object(digest) == here.read_object(digest) == on_remote[f"objects/sha256/{digest[:2]}/"
+                                                                                   f"{digest[2:]}"]
 
 
 def test_pull_of_one_version_brings_its_objects_and_with_ancestors_theirs(tmp_path, remote):
@@ -242,16 +291,23 @@ def test_a_corrupt_object_on_the_remote_is_refused_on_pull_naming_it(tmp_path, r
     source = make_store(tmp_path, "a", {"Aves": 10, "Fungi": 10})
     add_remote(source, remote)
     ok("push", "--store", str(source))
-    key = sorted(remote.keys("objects/"))[3]
-    remote.write(key, b"not what was pushed")
+    images = packed_digests(source)
+    keys = sorted(remote.keys("objects/"))
+    image_key = next(k for k in keys if k.split("/", 2)[2].replace("/", "") in images)  # pulled into a pack
+    rows_key = next(k for k in keys if k.split("/", 2)[2].replace("/", "") not in images)  # pulled loose
     copy = tmp_path / "b"
     add_remote(copy, remote)
-    line = one_line_error(cli("pull", "--store", str(copy)))
-    assert key in line and "corrupt" in line, line
-    digest = key.split("/", 2)[2].replace("/", "")
-    assert not (copy / "objects" / "sha256" / digest[:2] / digest[2:]).exists()
-    assert list((copy / "runs").glob("*.json")) == []  # no run record names data that did not arrive
-    assert list((copy / "tmp").iterdir()) == []
+    for key in (rows_key, image_key):  # a rows object comes first: the images after it are named by it
+        good = remote.keys("objects/")[key]
+        remote.write(key, b"not what was pushed")
+        line = one_line_error(cli("pull", "--store", str(copy)))
+        assert key in line and "corrupt" in line, line
+        digest = key.split("/", 2)[2].replace("/", "")
+        assert not (copy / "objects" / "sha256" / digest[:2] / digest[2:]).exists()
+        assert not list((copy / "objects" / "packs").glob("*"))  # the unfinished pack is dropped
+        assert list((copy / "runs").glob("*.json")) == []  # no run record names data that did not arrive
+        assert list((copy / "tmp").iterdir()) == []
+        remote.write(key, good)
 
 
 def test_a_damaged_object_in_the_store_is_refused_by_push_naming_it(tmp_path, remote):
@@ -259,7 +315,7 @@ def test_a_damaged_object_in_the_store_is_refused_by_push_naming_it(tmp_path, re
     would refuse it), and no run record may go up that names it."""
     source = make_store(tmp_path, "a", {"Aves": 10, "Fungi": 10})
     add_remote(source, remote)
-    damaged = sorted(p for p in (source / "objects").rglob("*") if p.is_file())[3]
+    damaged = sorted(p for p in (source / "objects" / "sha256").rglob("*") if p.is_file())[0]
     damaged.write_bytes(b"\0" * damaged.stat().st_size)  # same size: only its hash can tell
     digest = damaged.parent.name + damaged.name
     line = one_line_error(cli("push", "--store", str(source)))
@@ -267,6 +323,27 @@ def test_a_damaged_object_in_the_store_is_refused_by_push_naming_it(tmp_path, re
     assert f"objects/sha256/{digest[:2]}/{digest[2:]}" not in remote.keys("objects/")
     assert remote.keys("runs/") == {}
     assert_intact(remote)
+
+
+def test_a_damaged_packed_image_is_refused_by_push_naming_it(tmp_path):
+    """A packed image has no file of its own: push reads it from its pack, checked, and refuses one whose bytes
+    no longer hash to its name."""
+    from lineage.packs import PackSet
+
+    shared = FolderSide(tmp_path / "shared")
+    source = make_store(tmp_path, "a", {"Aves": 4, "Fungi": 4})
+    add_remote(source, shared)
+    pack = PackSet(source / "objects" / "packs").packs[0]
+    offset, size = pack.location(0)
+    digest = pack.digest(0).hex()
+    with open(pack.pack_path, "r+b") as handle:  # same size: only its hash can tell
+        handle.seek(offset)
+        handle.write(b"\0" * size)
+    line = one_line_error(cli("push", "--store", str(source)))
+    assert digest[:12] in line and "damaged" in line and "verify" in line, line
+    assert f"objects/sha256/{digest[:2]}/{digest[2:]}" not in shared.keys("objects/")
+    assert shared.keys("runs/") == {}
+    assert_intact(shared)
 
 
 def test_s3_puts_carry_their_sha256_for_the_server_to_check(tmp_path, s3_server, monkeypatch):

@@ -202,6 +202,48 @@ def test_decode_cache_is_reused_without_decoding(tmp_path, monkeypatch):
     assert len(other_mode.failures) == len(paths)
 
 
+def test_a_splits_packed_images_decode_as_their_files_do(tmp_path):
+    """Ingest packs small images, which then have no path of their own: train and infer decode them through
+    the store (models/split_images.py), to the same pixels as the files they came from. One that no longer
+    hashes to its name is skipped and named by its path, as an unreadable file is."""
+    from conftest import make_class_folders
+    from lineage import runner
+    from lineage.contract import Artifact, ViewContext
+    from lineage.graph import Graph
+    from lineage.store import Store
+    from models.split_images import decode, load_split_images
+    from stages import ingest, split
+
+    photos = make_class_folders(tmp_path / "photos", {"red": 4, "green": 4})
+    store = Store.open(tmp_path / "store", create=True)
+    for stage, params in ((ingest, ingest.Params(source=str(photos))),
+                          (split, split.Params(per_class={"train": 3, "val": 1, "test": 0}))):
+        runner.execute(store, stage, params, log=lambda message: None, progress=False)
+    graph = Graph.load(store)
+    chosen = Artifact.open(store, graph, graph.resolve("split:latest"))
+    digests = [d for names in chosen.split_digests("train").values() for d in names]
+    assert list((store.root / "objects" / "packs").glob("*.idx"))  # packed, not loose:
+    assert not any(store.object_path(d).exists() for d in digests) and all(store.has_object(d) for d in digests)
+    context = ViewContext(store, "test", log=lambda message: None, progress=False)
+
+    loaded = load_split_images(chosen, "train", ["red", "green"], 16, "crop", context)
+    assert loaded.failures == [] and sorted(loaded.ids) == sorted(digests)
+    from_files = decode_images([str(photos / path) for path in loaded.paths], 16, "crop", workers=1)
+    np.testing.assert_array_equal(loaded.images, from_files.images)
+
+    pack = store.packs.packs[0]
+    position = pack.position(bytes.fromhex(loaded.ids[0]))
+    offset, size = pack.location(position)
+    with open(pack.pack_path, "r+b") as handle:  # same size: only its hash can tell
+        handle.seek(offset)
+        handle.write(b"\0" * size)
+    again = decode(chosen, loaded.ids, loaded.paths, loaded.truths, ["red", "green"], 16, "crop", None, context)
+    assert [(f["id"], f["path"]) for f in again.failures] == [(loaded.ids[0], loaded.paths[0])]
+    assert "corrupt" in again.failures[0]["reason"]
+    assert again.ids == loaded.ids[1:]
+    np.testing.assert_array_equal(again.images, loaded.images[1:])
+
+
 def test_make_dataset_batches_casts_and_shuffles_by_seed():
     rows = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1).repeat(3, axis=-1)
     labels = np.arange(10) % 3
