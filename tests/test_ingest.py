@@ -14,6 +14,7 @@ from PIL import Image
 from conftest import make_class_folders, stored_rows, write_image
 from lineage import runner
 from lineage.errors import UserError
+from lineage.packs import remove_pack, write_pack
 from lineage.store import Store
 from lineage.verify import verify
 from stages import ingest
@@ -25,6 +26,24 @@ def _ingest(tmp_path, root, **kw):
     result = runner.execute(store, ingest, ingest.Params(source=str(root), **kw), log=messages.append)
     manifest = store.read_manifest(result.outputs[0].key).to_json()  # the manifest as stored
     return {**manifest, "entries": stored_rows(store, manifest)}, messages
+
+
+def _drop_object(store, digest: str) -> None:
+    """Take one image's object out of the store as gc takes a dead one: a loose file is unlinked, a packed
+    object's pack is rewritten without it."""
+    loose = store.object_path(digest)
+    if loose.exists():
+        loose.unlink()
+        return
+    store.forget_listings()
+    holding = [pack for pack, _, _ in store.packs.locate(digest)]
+    assert holding, f"object {digest} is neither loose nor packed"
+    for pack in holding:
+        write_pack(store.packs_dir, store.tmp_dir,
+                   ((raw.hex(), data) for raw, data in pack.objects() if raw.hex() != digest))
+        remove_pack(pack.pack_path, pack.index_path)
+    store.forget_listings()
+    assert not store.has_object(digest)
 
 
 def _jpeg_bytes(seed=0, size=(40, 30)) -> bytes:
@@ -147,9 +166,12 @@ def test_hardlink_mode_links_the_source_files_and_verify_sees_them_edited(tmp_pa
     for entry in entries:
         source = (root / entry["path"]).stat()
         linked = stores["hardlink"].object_path(entry["digest"]).stat()
-        copied = stores["copy"].object_path(entry["digest"]).stat()
         assert linked.st_ino == source.st_ino and linked.st_nlink >= 2
-        assert copied.st_ino != source.st_ino and copied.st_nlink == 1
+        # copy: small images are packed, their bytes copied into a pack of the store's own
+        assert not stores["copy"].object_path(entry["digest"]).exists()
+        [(pack, _, size)] = stores["copy"].packs.locate(entry["digest"])
+        assert os.stat(pack.pack_path).st_ino != source.st_ino and size == source.st_size
+        assert stores["copy"].read_object(entry["digest"]) == (root / entry["path"]).read_bytes()
     assert verify(stores["hardlink"]).problems == []
 
     edited = next(e for e in entries if e["path"] == "Fungi/img_001.png")
@@ -161,10 +183,13 @@ def test_hardlink_mode_links_the_source_files_and_verify_sees_them_edited(tmp_pa
     assert verify(stores["copy"]).problems == []
 
 
-@pytest.mark.parametrize("files", [12, 600])  # below and above the count where presence is checked by listdir
-def test_stat_cache_keeps_rejections_and_repeats_and_rereads_what_gc_removed(tmp_path, files, monkeypatch):
+# Below and above the count where loose presence is checked by listdir; copy packs the images, hardlink
+# keeps them loose.
+@pytest.mark.parametrize("files, link", [(12, "copy"), (600, "copy"), (12, "hardlink"), (600, "hardlink")])
+def test_stat_cache_keeps_rejections_and_repeats_and_rereads_what_gc_removed(tmp_path, files, link, monkeypatch):
     """A changed folder re-reads only what changed: rejections, duplicates and conflicts the stat cache
-    remembers come out as a full read gives them, and a cached image whose object is gone is read again."""
+    remembers come out as a full read gives them, and a cached image whose object is gone (a loose file
+    deleted, or a pack rewritten without it) is read again."""
     from lineage import rows
 
     monkeypatch.setattr(rows, "BATCH_ROWS", 7)  # the cache is written and read back in many slices
@@ -172,14 +197,17 @@ def test_stat_cache_keeps_rejections_and_repeats_and_rereads_what_gc_removed(tmp
     (root / "Aves" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     shutil.copy(root / "Aves" / "img_001.png", root / "Aves" / "again.png")
     shutil.copy(root / "Aves" / "img_002.png", root / "Insecta" / "same.png")
-    first, _ = _ingest(tmp_path, root, on_label_conflict="drop")
+    first, _ = _ingest(tmp_path, root, on_label_conflict="drop", link=link)
     store = Store.open(tmp_path / "store")
     gone = next(e["digest"] for e in first["entries"] if e["path"] == "Insecta/img_003.png")
-    os.unlink(store.object_path(gone))
+    _drop_object(store, gone)
+    (root / "Aves" / "img_000.png").unlink()  # a new file, not an edit of one a hard link shares
     write_image(root / "Aves" / "img_000.png", seed=4242)  # a change: the run is not a cache hit
-    again, messages = _ingest(tmp_path, root, on_label_conflict="drop")
+    again, messages = _ingest(tmp_path, root, on_label_conflict="drop", link=link)
     assert f"{files + 3:,} files, 2 read, {files + 1:,} unchanged" in messages[0]
-    assert store.object_path(gone).is_file()
+    store.forget_listings()
+    assert store.read_object(gone) == (root / "Insecta" / "img_003.png").read_bytes()
+    assert store.object_path(gone).is_file() == (link == "hardlink")
     for key in ("rejected", "duplicates", "rejected_count", "class_counts"):
         assert again["meta"][key] == first["meta"][key], key
     changed = {"Aves/img_000.png"}
@@ -190,20 +218,24 @@ def test_stat_cache_keeps_rejections_and_repeats_and_rereads_what_gc_removed(tmp
                                                               "Insecta/same.png"}
 
 
-def test_a_cache_hit_needs_every_object_its_rows_name(tmp_path):
+@pytest.mark.parametrize("link", ["copy", "hardlink"])  # packed images, loose ones
+def test_a_cache_hit_needs_every_object_its_rows_name(tmp_path, link):
     """An unchanged folder is reused only while the store holds every image of its version: the check reads
-    the sorted digest cache one object folder at a time, and must still see a single missing object."""
+    the sorted digest cache, searches the packs and then one object folder at a time, and must still see a
+    single missing object."""
     root = make_class_folders(tmp_path / "src", {"Aves": 30, "Insecta": 30})
-    made, _ = _ingest(tmp_path, root)
+    made, _ = _ingest(tmp_path, root, link=link)
     store = Store.open(tmp_path / "store")
     assert list((store.cache_dir / "rows").glob("*.sorted-digests"))
+    assert bool(store.packs.packs) == (link == "copy")
     digests = sorted(e["digest"] for e in made["entries"])
     shared = next(d for d, before in zip(digests[1:], digests) if d[:2] == before[:2])  # not first in its folder
     for digest in (digests[0], shared, digests[len(digests) // 2], digests[-1]):
-        os.unlink(store.object_path(digest))
-        result = runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None)
-        assert not result.reused and store.object_path(digest).is_file()
-    assert runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None).reused
+        _drop_object(store, digest)
+        result = runner.execute(store, ingest, ingest.Params(source=str(root), link=link), log=lambda m: None)
+        store.forget_listings()
+        assert not result.reused and store.has_object(digest)
+    assert runner.execute(store, ingest, ingest.Params(source=str(root), link=link), log=lambda m: None).reused
 
 
 def test_stat_cache_matches_in_scan_order_where_it_differs_from_path_order(tmp_path, monkeypatch):
