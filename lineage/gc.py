@@ -38,7 +38,7 @@ from lineage.digestset import DigestSet, drain, empty, pack_hex, pack_strings
 from lineage.display import human_size
 from lineage.errors import UserError
 from lineage.inprogress import RunInProgress, in_progress_records, sweep_hold
-from lineage.packs import INDEX_MAGIC, PACK_MAGIC, DamagedPack, Pack, read_index, remove_pack, write_pack
+from lineage.packs import PACK_MAGIC, DamagedPack, Pack, index_size, read_index, remove_pack, write_pack
 from lineage.records import Manifest, VersionRef, is_digest
 from lineage.store import Store, sha256_file
 
@@ -272,14 +272,9 @@ def _dead_in(pack: Pack, kept: DigestSet) -> DeadInPack | None:
         return None
     old_bytes = _size(pack.pack_path) + _size(pack.index_path)
     count = int(live.sum())
-    new_bytes = 0 if not count else len(PACK_MAGIC) + int(sizes[live].sum()) + _index_bytes(count)
+    new_bytes = 0 if not count else len(PACK_MAGIC) + int(sizes[live].sum()) + index_size(count)
     return DeadInPack(pack.pack_path, pack.index_path, dead=len(live) - count, live=count,
                       frees=old_bytes - new_bytes)
-
-
-def _index_bytes(count: int) -> int:
-    """The size of the index of a pack of `count` objects (lineage/packs.py's layout)."""
-    return len(INDEX_MAGIC) + 8 + 48 * count + 32
 
 
 def _digest_rows(block: bytes) -> np.ndarray:

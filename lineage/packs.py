@@ -158,7 +158,7 @@ def read_index(path: Path) -> Pack:
     if data[:len(INDEX_MAGIC)] != INDEX_MAGIC or len(data) < _HEADER + 32:
         raise DamagedPack("not a pack index (its header is wrong)")
     count = struct.unpack_from("<Q", data, len(INDEX_MAGIC))[0]
-    if len(data) != _HEADER + 48 * count + 32:
+    if len(data) != index_size(count):
         raise DamagedPack(f"cut short or padded: {len(data)} bytes for {count} objects")
     if hashlib.sha256(data[:-32]).digest() != data[-32:] or data[-32:].hex() != name:
         raise DamagedPack("its bytes no longer hash to its name")
@@ -170,6 +170,11 @@ def read_index(path: Path) -> Pack:
     if not stat.S_ISREG(info.st_mode):
         raise DamagedPack(f"its pack {pack.pack_path.name} is not a plain file")
     return pack
+
+
+def index_size(count: int) -> int:
+    """The bytes of the index of a pack of `count` objects: header, digests, offsets, sizes, its own hash."""
+    return _HEADER + 48 * count + 32
 
 
 def structure_problem(pack: Pack) -> str | None:
@@ -221,6 +226,10 @@ class PackSet:
             position = pack.position(raw)
             if position is not None:
                 yield (pack, *pack.location(position))
+
+    def holds(self, digest: str) -> bool:
+        """Whether some pack's index names this object (not re-hashed)."""
+        return next(self.locate(digest), None) is not None
 
     def read(self, digest: str) -> bytes | None:
         """The object's bytes from the first pack whose copy hashes to its name; None if no pack has one."""

@@ -195,7 +195,7 @@ class Store:
         if not loose_missing or not self.packs.packs:
             return loose_missing
         if len(loose_missing) < 512:
-            return [d for d in loose_missing if next(self.packs.locate(d), None) is None]
+            return [d for d in loose_missing if not self.packs.holds(d)]
         import numpy as np
 
         packed = self.packs.contains(np.array([bytes.fromhex(d) for d in loose_missing], dtype="S32"))
@@ -203,7 +203,7 @@ class Store:
 
     def has_object(self, digest: str) -> bool:
         """Whether the object is here, loose or packed (not re-hashed)."""
-        return os.path.exists(self._object_file(digest)) or next(self.packs.locate(digest), None) is not None
+        return os.path.exists(self._object_file(digest)) or self.packs.holds(digest)
 
     def objects_present(self, digests):
         """Which of these 32-byte digests (a numpy (n, 32) uint8 array) name an object here, loose or packed:
@@ -268,7 +268,7 @@ class Store:
         packed, is kept and nothing is written (with `recheck`, only one whose bytes hash to its name)."""
         if self._object_intact(self._object_file(digest), len(data), digest, recheck):
             return digest
-        for pack, offset, size in self.packs.locate(digest):
+        for _, _, size in self.packs.locate(digest):
             if size == len(data) and (not recheck or self.packs.read(digest) is not None):
                 return digest
         writer.add(digest, data)
@@ -325,7 +325,7 @@ class Store:
                 packed = self.packs.read(digest)
             if packed is not None:
                 return packed
-            if next(self.packs.locate(digest), None) is not None:
+            if self.packs.holds(digest):
                 raise UserError(f"object {digest[:12]} is corrupt in its pack: its bytes no longer hash to its "
                                 "name; run `pipeline.py verify` to see which stage rewrites it") from None
             raise UserError(f"object {digest[:12]} is missing from the store: run `pipeline.py verify`") from None
