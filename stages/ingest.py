@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import operator
 import os
 import unicodedata
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Iterator, Literal, NamedTuple
 
@@ -169,6 +171,8 @@ def _scan_class(root: Path, folder: os.DirEntry, label: str, scan: Scan, chain: 
         # goes through list comprehensions, a folder at a time; only the rest takes the loop below, one check
         # after another. The scan then costs little more than the stat calls themselves.
         entries = [entry for entry in _list_folder(current, folder_relative, problems) if entry.name[0] != "."]
+        # In name order, so a class of one folder comes out sorted and the sort below only confirms it.
+        entries.sort(key=_name)
         plain = [entry for entry in entries if entry.name.isascii() and not entry.is_symlink() and entry.is_file()] \
             if under.isascii() else []
         try:
@@ -180,8 +184,11 @@ def _scan_class(root: Path, folder: os.DirEntry, label: str, scan: Scan, chain: 
             sizes.extend([info.st_size for info in stats])
             mtimes.extend([info.st_mtime_ns for info in stats])
             inodes.extend([info.st_ino for info in stats])
-            done = {id(entry) for entry in plain}
-            entries = [entry for entry in entries if id(entry) not in done]
+            if len(plain) == len(entries):  # the usual folder: every entry a plain file
+                entries = []
+            else:
+                done = {id(entry) for entry in plain}
+                entries = [entry for entry in entries if id(entry) not in done]
         for entry in entries:
             name = entry.name
             relative = under + name
@@ -203,12 +210,15 @@ def _scan_class(root: Path, folder: os.DirEntry, label: str, scan: Scan, chain: 
             elif entry.is_dir():
                 real = os.path.realpath(entry.path) if entry.is_symlink() else f"{above[-1]}/{name}"
                 stack.append((entry.path, above + (real,)))
-    order = sorted(range(first, len(paths)), key=paths.__getitem__)  # paths are unique
-    if order != list(range(first, len(paths))):
+    if any(map(operator.ge, islice(paths, first, None), islice(paths, first + 1, None))):  # paths are unique
+        order = sorted(range(first, len(paths)), key=paths.__getitem__)
         paths[first:] = [paths[i] for i in order]
         for column in (sizes, mtimes, inodes):
             column[first:] = array(column.typecode, [column[i] for i in order])
     return len(paths) - first
+
+
+_name = operator.attrgetter("name")
 
 
 def _list_folder(path: str, relative: str, problems: list[dict]) -> list[os.DirEntry]:
