@@ -17,8 +17,10 @@ vl_convert is imported only when a bundle or PNG is made: it starts a JavaScript
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -429,8 +431,59 @@ def png(spec: dict) -> bytes:
     try:
         return vl_convert.vegalite_to_png(spec, scale=PNG_SCALE)
     except ValueError as error:  # vl_convert reports a spec it cannot compile or render as ValueError
-        raise UserError(f"cannot render the chart {spec.get('title', {}).get('text', '?')!r} to PNG: "
-                        f"{str(error).splitlines()[0]}") from None
+        raise _not_drawn(spec, str(error)) from None
+
+
+def _not_drawn(spec: dict, message: str) -> UserError:
+    return UserError(f"cannot render the chart {spec.get('title', {}).get('text', '?')!r} to PNG: "
+                     f"{(message.splitlines() or ['?'])[0]}")
+
+
+def pngs_in_background(specs: dict[str, dict]) -> Callable[[], dict[str, bytes]]:
+    """Start drawing each spec's PNG (as `png`) in a child process, report/png_worker.py, and return the call
+    that waits for them by name. vl-convert holds the GIL while it draws, so this process builds the page in
+    the meantime. A spec it cannot draw is the same UserError `png` raises; a child that cannot start, or dies,
+    leaves the charts it did not send back to be drawn here."""
+    import json
+    import subprocess
+    import threading
+
+    names = list(specs)
+    result: dict = {}
+
+    def talk(child: subprocess.Popen, request: bytes) -> None:
+        try:
+            result["out"], _ = child.communicate(request)
+        except OSError:  # the child died before it read the request
+            child.kill()
+            result["out"] = b""
+
+    try:
+        request = json.dumps({"scale": PNG_SCALE, "specs": list(specs.values())}, allow_nan=False).encode()
+        child = subprocess.Popen([sys.executable, "-I", str(Path(__file__).with_name("png_worker.py"))],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except (OSError, ValueError, TypeError):  # no child, or a spec plain JSON cannot carry: drawn here
+        return lambda: {name: png(spec) for name, spec in specs.items()}
+    talker = threading.Thread(target=talk, args=(child, request), daemon=True)
+    talker.start()
+
+    def wait() -> dict[str, bytes]:
+        talker.join()
+        out, at, drawn = result.get("out", b""), 0, {}
+        for name in names:
+            if at + 9 > len(out) or at + 9 + int.from_bytes(out[at + 1:at + 9], "little") > len(out):
+                break  # the child stopped here
+            size = int.from_bytes(out[at + 1:at + 9], "little")
+            status, payload, at = out[at:at + 1], out[at + 9:at + 9 + size], at + 9 + size
+            if status not in (b"P", b"E"):
+                break
+            if status == b"E":
+                raise _not_drawn(specs[name], payload.decode("utf-8", "replace"))
+            drawn[name] = payload
+        drawn.update({name: png(specs[name]) for name in names if name not in drawn})
+        return drawn
+
+    return wait
 
 
 @lru_cache(maxsize=1)

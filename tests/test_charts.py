@@ -122,6 +122,52 @@ def test_every_chart_renders_to_png(metrics, frame):
         assert width >= 300, name
 
 
+def _some_specs(metrics, frame) -> dict:
+    return {**charts.standard_charts(metrics), "scatter.png": charts.score_scatter(frame, "cat", "dog", CLASSES)}
+
+
+def test_pngs_drawn_in_a_child_process_are_the_bytes_drawn_here(metrics, frame):
+    specs = _some_specs(metrics, frame)
+    wait = charts.pngs_in_background(specs)
+    assert wait() == {name: charts.png(spec) for name, spec in specs.items()}
+
+
+def test_a_chart_the_renderer_cannot_draw_is_one_line_that_names_it(metrics, frame):
+    broken = {"title": {"text": "Broken chart"}, "mark": "point", "data": {"values": [{"x": 1}]},
+              "encoding": {"x": {"field": "x", "type": "no-such-type"}}}
+    with pytest.raises(UserError, match="cannot render the chart 'Broken chart' to PNG: ") as here:
+        charts.png(broken)
+    specs = {**_some_specs(metrics, frame), "broken.png": broken}
+    with pytest.raises(UserError) as there:
+        charts.pngs_in_background(specs)()
+    assert str(there.value) == str(here.value) and "\n" not in str(there.value)
+
+
+def test_charts_a_killed_renderer_did_not_send_are_drawn_here(metrics, frame, monkeypatch):
+    """The child is killed with SIGKILL as it starts (before it reads its request): every PNG is still there, the
+    same bytes. And where no child can be started at all, the charts are drawn in this process."""
+    import os
+    import signal
+    import subprocess
+
+    specs = _some_specs(metrics, frame)
+    expected = {name: charts.png(spec) for name, spec in specs.items()}
+    started = []
+
+    class KilledAtOnce(subprocess.Popen):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            os.kill(self.pid, signal.SIGKILL)
+            started.append(self)
+
+    monkeypatch.setattr(subprocess, "Popen", KilledAtOnce)
+    assert charts.pngs_in_background(specs)() == expected
+    assert started and started[0].wait() == -signal.SIGKILL
+    monkeypatch.undo()
+    monkeypatch.setattr(charts.sys, "executable", "/no/such/python")
+    assert charts.pngs_in_background(specs)() == expected
+
+
 def test_the_page_draws_charts_in_place_of_their_pngs(metrics):
     from report.plots import roc_curves
 

@@ -544,6 +544,54 @@ def test_damaged_thumbnail_is_made_again(committed, damage):
     assert again == made and cached.read_bytes() == made[ids[0]]
 
 
+def test_thumbnails_of_photos_use_threads_and_of_small_images_one(tmp_path, monkeypatch):
+    """evaluate.workers threads for images of THREADED_MEAN_BYTES or more on average (decoding lets go of the
+    GIL); one thread for small ones, where threads only contend. Either way, the same thumbnails."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    from lineage.contract import StageContext
+    from stages import evaluate
+
+    pools = []
+
+    class Recorded(ThreadPoolExecutor):
+        def __init__(self, workers, *args, **kwargs):
+            pools.append(workers)
+            super().__init__(workers, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "ThreadPoolExecutor", Recorded)
+    store = Store.open(tmp_path / "store", create=True)
+    params, ctx = evaluate.Params(workers=3), StageContext(store, "evaluate", log=lambda m: None)
+    for size, threads in ((16, []), (160, [3])):  # 16 px: under 1 KB; 160 px of noise: about 75 KB
+        photos = make_class_folders(tmp_path / f"photos{size}", {"a": 4})
+        ids = []
+        for index, path in enumerate(sorted(photos.rglob("*.png"))):
+            pixels = np.random.default_rng(index).integers(0, 255, (size, size, 3), dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, "PNG")
+            ids.append(store.write_object(buffer.getvalue()))
+        assert (store.object_size(ids[0]) >= evaluate.THREADED_MEAN_BYTES) == bool(threads)
+        pools.clear()
+        made = evaluate.thumbnails(_StoreOnly(store), ids, params, ctx)
+        assert pools == threads and set(made) == set(ids)
+        for digest in ids:
+            with Image.open(io.BytesIO(made[digest])) as thumbnail:
+                assert thumbnail.format == "JPEG" and max(thumbnail.size) == min(size, params.thumbnail_px)
+
+
+class _StoreOnly:
+    """What thumbnails reads of an artifact: its store's objects."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def open_object(self, digest):
+        return self.store.open_object(digest)
+
+
 def test_writing_an_object_again_replaces_a_truncated_copy_without_force(tmp_path):
     """The one lstat a write makes anyway sees a wrong size: no --force needed for a power-loss cut."""
     store = Store.open(tmp_path / "s", create=True)
