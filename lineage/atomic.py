@@ -88,3 +88,12 @@ def _discard(staging: str) -> None:
     with contextlib.suppress(OSError):  # already renamed, or the disk refuses: the first error is the one to tell
         os.remove(staging)
 
+
+def read_no_follow(path: str | os.PathLike) -> bytes:
+    """A file's bytes, refusing a symlink (ELOOP): the store never makes one, so one is foreign."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(fd)

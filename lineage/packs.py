@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from lineage.atomic import fsync_path
+from lineage.atomic import fsync_path, read_no_follow
 
 if TYPE_CHECKING:  # numpy is imported where it is needed: loading an index needs none
     import numpy as np
@@ -148,12 +148,7 @@ def read_index(path: Path) -> Pack:
     """A pack's index, checked: magic, length, its own hash against its name, and its pack a plain file (no
     numpy: a no-op run reads indexes; `structure_problem` is verify's deeper check). DamagedPack says what
     is wrong; OSError if it cannot be read."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read()
-    finally:
-        os.close(fd)
+    data = read_no_follow(path)
     name = path.name[:-len(".idx")]
     if data[:len(INDEX_MAGIC)] != INDEX_MAGIC or len(data) < _HEADER + 32:
         raise DamagedPack("not a pack index (its header is wrong)")

@@ -37,7 +37,7 @@ from typing import Any
 
 from lineage.packs import INDEX_MAGIC
 from lineage.records import is_digest
-from lineage.store import sha256_file
+from lineage.store import read_no_follow, sha256_file
 
 PROJECT = Path(__file__).resolve().parent.parent
 WORKER_CODE = f"import sys; sys.path.insert(0, {str(PROJECT)!r}); from lineage.rehash import serve; serve()"
@@ -108,12 +108,7 @@ def _checked_index(index_path: str, name: str) -> tuple[bytes, array, array]:
     if _index_cache.get("key") == (index_path, name):
         return _index_cache["value"]
     _index_cache.clear()
-    fd = os.open(index_path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            index = handle.read()
-    finally:
-        os.close(fd)
+    index = read_no_follow(index_path)
     if len(index) < _HEADER + 32 or hashlib.sha256(index[:-32]).hexdigest() != name or index[-32:].hex() != name:
         raise ValueError("its index changed while verify ran")
     count = struct.unpack_from("<Q", index, len(INDEX_MAGIC))[0]

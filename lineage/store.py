@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from lineage.atomic import write_atomic
+from lineage.atomic import read_no_follow, write_atomic
 from lineage.errors import UserError
 from lineage.packs import PackSet, PackWriter
 from lineage.records import (CorruptRecord, Manifest, RowsRef, RunRecord, VersionRef, is_digest, is_name,
@@ -728,13 +728,3 @@ def _record_bytes(path: Path) -> bytes:
         raise
     except OSError as error:
         raise CorruptRecord(f"unreadable: {error.strerror}") from None
-
-
-def read_no_follow(path: Path) -> bytes:
-    """A file's bytes, refusing a symlink (ELOOP): the store never makes one, so one is foreign."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            return handle.read()
-    finally:
-        os.close(fd)
