@@ -339,10 +339,13 @@ def _check_references(store: Store, report: Report, records: list[RunRecord], re
                 first = unpack(named[missing.argmax()])
             rows_missing = bool(missing.any())  # the last pass is the rows'
         if count:
-            report.problems.append(f"manifest {ref.short} references {count} missing object(s), "
-                                   f"first {first[:12]}: {store.manifest_fix(ref, records)}")
             owned_missing = (rows_missing and manifest.owns_rows) \
                 or not present.contains(_packed_inline(manifest.owned_objects())).all()
+            # A split's missing images are its source's (raw-data's): re-running split writes none of them.
+            fix = store.manifest_fix(ref, records) if owned_missing or manifest.source is None else \
+                f"they are {manifest.source.short}'s: {store.manifest_fix(manifest.source, records)}"
+            report.problems.append(f"manifest {ref.short} references {count} missing object(s), "
+                                   f"first {first[:12]}: {fix}")
             if ref in producers and owned_missing:
                 lost.add(producers[ref])
     return lost

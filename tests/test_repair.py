@@ -343,6 +343,12 @@ def test_flipped_byte_in_a_pack_is_named_and_repair_keeps_the_rest_of_the_pack(c
     missing = cli(config, "verify")
     assert f"references 1 missing object(s), first {digest[:12]}: re-run `pipeline.py ingest --force`" \
         in missing.stdout
+    # The split that refers to the image is sent to its source's stage: re-running split writes no image.
+    raw_data = next(line for line in missing.stdout.splitlines() if line.startswith("problem: manifest raw-data@"))
+    source = raw_data.split()[2]
+    assert f"references 1 missing object(s), first {digest[:12]}: they are {source}'s: re-run " \
+           "`pipeline.py ingest --force`" in missing.stdout
+    assert "split --force" not in missing.stdout
     nexts = [line for line in repaired.stdout.splitlines() if line.startswith("repair: next:")]
     assert nexts == ["repair: next: re-run `pipeline.py ingest --force` with the config that made it to rewrite it"]
     follow(config, nexts[0], only="ingest")
