@@ -7,7 +7,9 @@ A pack is never edited: one holding damaged objects has its intact objects writt
 (checked again as they are copied), then its index and pack move to quarantine/packs/, index first (a
 kill in between leaves a pack without an index: garbage, and its objects are in the new pack). The
 damaged objects are then missing, exactly as a quarantined loose object is, until their stage re-runs.
-A damaged index moves with its pack: what it held is missing, and verify names the stage to re-run.
+A damaged index moves with its pack: what it held is missing, and verify names the stage to re-run. One
+whose hash checks out but whose layout does not (its pack cut short) still says where each object was, so
+the objects that still hash are copied out first, as from a pack with damaged objects.
 
 A damaged run record is the delicate case: the record is what makes its versions committed. So
 before it moves, its run is recovered from lineage.json, which holds every run's stage, status,
@@ -25,7 +27,7 @@ import re
 from pathlib import Path
 
 from lineage.graph import Graph
-from lineage.packs import DamagedPack, read_index, write_pack
+from lineage.packs import DamagedPack, read_index, structure_problem, write_pack
 from lineage.records import AliasRef, CorruptRecord, InputRef, OutputRef, RunRecord, parse_json
 from lineage.store import Store, read_no_follow
 
@@ -66,7 +68,11 @@ def _repair_pack(store: Store, path: Path) -> list[str]:
     if path != index and (path.is_symlink() or path != pack or not path.is_file()):
         return [f"moved {path} to {store.quarantine(path, 'packs')}"]
     lines = []
-    if path == pack:
+    # A pack holding damaged objects, or an index whose hash checks out but not its layout (its pack cut short:
+    # the objects before the cut are whole): what still hashes to its name goes into a new pack first.
+    salvage = path == pack or (not index.is_symlink() and pack.is_file() and not pack.is_symlink()
+                               and _readable_index(index))
+    if salvage:
         try:
             kept = write_pack(store.packs_dir, store.tmp_dir, _intact_objects(read_index(index)))
         except (DamagedPack, OSError) as why:  # changed since verify read it: what it held is lost with it
@@ -83,9 +89,29 @@ def _repair_pack(store: Store, path: Path) -> list[str]:
     return lines
 
 
+def _readable_index(index: Path) -> bool:
+    try:
+        read_index(index)
+        return True
+    except (DamagedPack, OSError):
+        return False
+
+
 def _intact_objects(pack):
-    """A pack's objects whose bytes still hash to their digests, in pack order."""
-    for digest, data in pack.objects():
+    """A pack's objects whose bytes still hash to their digests: in pack order, read in large chunks, when the
+    index's layout is sound; else one read each, where the index says (every object is re-hashed, so a bad
+    offset or size only loses that object; an object past the end of a cut-short pack reads short)."""
+    if structure_problem(pack) is None:
+        for digest, data in pack.objects():
+            if hashlib.sha256(data).digest() == digest:
+                yield digest.hex(), data
+        return
+    for position in range(pack.count):
+        digest = pack.digest(position)
+        try:
+            data = pack.read(*pack.location(position))
+        except OSError:
+            continue
         if hashlib.sha256(data).digest() == digest:
             yield digest.hex(), data
 

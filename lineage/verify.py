@@ -85,7 +85,7 @@ def verify(store: Store, workers: int | None = None) -> Report:
         rows_named = _read_rows(store, report, records, readable)
         bad, present = _object_results(report, rehash.results(), packs)
     lost = _check_references(store, report, records, readable, rows_named, present, producers)
-    _report_damaged_indexes(report, damaged_indexes, lost, pack_lines_at)
+    _report_damaged_indexes(report, damaged_indexes, lost, pack_lines_at, {path for path, _ in misshapen})
     _name_object_fixes(store, report, bad, readable, rows_named, producers)
     _check_run_references(store, report, records, readable, producers)
     if len(records) == report.checked_runs:
@@ -159,14 +159,19 @@ def _check_pack_files(store: Store, report: Report, misshapen: list[tuple[Path, 
     return sorted(damaged.items())
 
 
-def _report_damaged_indexes(report: Report, damaged: list[tuple[Path, str]], lost: set[str], at: int) -> None:
+def _report_damaged_indexes(report: Report, damaged: list[tuple[Path, str]], lost: set[str], at: int,
+                            misshapen: set[Path]) -> None:
     """A damaged index loses every object it held: they count as missing, so the stages whose versions now
     miss objects they wrote are the ones to re-run once repair has moved it aside. Its lines go in at `at`,
-    before the missing objects they explain."""
+    before the missing objects they explain. A misshapen one (its hash checks out, its layout does not, as
+    when its pack was cut short) still says where each object was: repair keeps those that still hash."""
     later = report.problems[at:]
     del report.problems[at:]
     for path, why in damaged:
         move = "`pipeline.py verify --repair` moves it and its pack to quarantine/"
+        if path in misshapen:
+            move = ("`pipeline.py verify --repair` copies the objects of its pack that still hash to their names "
+                    "into a new pack, then moves it and its pack to quarantine/")
         if lost:
             after = f"re-run {_rerun(lost)} with the config that made it to rewrite the objects it held"
             report.add("packs", path, f"pack index {path} is damaged ({why})", f"{move}, then {after}", after)

@@ -423,7 +423,9 @@ def test_a_damaged_index_loses_its_objects_and_its_stage_writes_them_again(commi
     problems = [line for line in checked.stdout.splitlines() if line.startswith("problem:")]
     first = problems[0]  # one line for the cause, before the missing objects it explains
     assert f"pack index {index} is damaged (" in first and said in first, checked.stdout
-    assert "`pipeline.py verify --repair` moves it and its pack to quarantine/" in first
+    assert ("`pipeline.py verify --repair` copies the objects of its pack that still hash to their names into a "
+            "new pack, then moves it and its pack to quarantine/" if damage == "truncated pack" else
+            "`pipeline.py verify --repair` moves it and its pack to quarantine/") in first
     assert not any(index.stem in line for line in problems[1:]), checked.stdout
     assert any("references 12 missing object(s)" in line and "`pipeline.py ingest --force`" in line
                for line in problems), checked.stdout
@@ -436,6 +438,34 @@ def test_a_damaged_index_loses_its_objects_and_its_stage_writes_them_again(commi
     if outside.exists():  # a link is moved as a link: its target is never followed, moved or emptied
         assert (quarantined / f"{index.stem}.{'idx' if damage == 'symlinked index' else 'pack'}").is_symlink()
         assert outside.stat().st_size > 0
+
+
+def test_a_pack_cut_short_keeps_every_object_before_the_cut(committed, tmp_path):
+    """The source photos are gone (the store is the archive) and the pack loses its tail: repair keeps each
+    object that still hashes, so only the cut one is missing, and verify names just that one."""
+    import shutil
+
+    from lineage.packs import read_index
+    from lineage.store import Store, sha256_bytes
+
+    config, store, versions = committed
+    [index] = (store / "objects" / "packs").glob("*.idx")
+    pack = read_index(index)
+    offsets = [pack.location(position) for position in range(pack.count)]
+    last = max(range(pack.count), key=lambda position: offsets[position][0])
+    cut = pack.digest(last).hex()
+    shutil.rmtree(tmp_path / "src")
+    _truncate_pack(index, tmp_path / "outside")
+    repaired = cli(config, "verify", "--repair")
+    assert "Traceback" not in repaired.stderr
+    assert f"copied the 11 intact objects of {index.stem}.pack to new pack(s)" in repaired.stdout, repaired.stdout
+    reopened = Store.open(store)
+    kept = [digest for digest in _image_digests(store, versions) if digest != cut]
+    assert len(kept) == 11 and all(sha256_bytes(reopened.read_object(digest)) == digest for digest in kept)
+    assert not reopened.has_object(cut)
+    assert os.path.lexists(store / "quarantine" / "packs" / f"{index.stem}.pack")  # set aside, never deleted
+    missing = [line for line in cli(config, "verify").stdout.splitlines() if line.startswith("problem:")]
+    assert missing and all(f"references 1 missing object(s), first {cut[:12]}" in line for line in missing)
 
 
 def test_a_pack_without_its_index_is_garbage_not_damage(committed):
