@@ -2,7 +2,8 @@
 
 A stage is a module (stages/<name>.py) with the members `Stage` lists. The runner calls
 `input_refs(params)` to learn which versions it reads, `fingerprint(params)` for anything it
-reads from outside the store, and `run(inputs, params, ctx)`, which returns the versions it
+reads from outside the store (a digest, or a `Fingerprint` that also hands `run` what it found
+there, as `ctx.source`), and `run(inputs, params, ctx)`, which returns the versions it
 made as `Output`s. A stage reads its inputs as `Artifact`s and writes only through its
 `StageContext`: objects (content-addressed, so a write is idempotent), and files under the
 store's cache/ and tmp/. The runner does the rest (cache key, reuse, manifests, run record).
@@ -40,7 +41,7 @@ class Stage(Protocol):
     def input_refs(self, params: Any) -> dict[str, str]:
         """The versions it reads: {artifact name (or `name#role`): reference such as `split:latest`}."""
 
-    def fingerprint(self, params: Any) -> str | None:
+    def fingerprint(self, params: Any) -> "str | Fingerprint | None":
         """A digest of what it reads from outside the store (a source folder, a weights file), or None."""
 
     def run(self, inputs: dict[str, "Artifact"], params: Any, ctx: "StageContext") -> list["Output"]:
@@ -193,6 +194,16 @@ class Output:
         return self.manifest.name
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """What `fingerprint` may return in place of a bare digest: the digest, and what computing it found (ingest's
+    scan of a folder). The runner hands `found` to that run as `ctx.source`, so a million files are walked once;
+    a cache hit, which never runs the stage, lets it go with the plan."""
+
+    digest: str
+    found: Any = field(default=None, repr=False, compare=False)
+
+
 @dataclass
 class StageContext:
     """How a stage writes: staging objects, and its cache and scratch folders."""
@@ -205,6 +216,7 @@ class StageContext:
     # The run was asked for with --force: objects already in the store are re-hashed before they are
     # trusted, so re-running a stage rewrites any that `verify` found corrupt (a normal run checks sizes only).
     force: bool = False
+    source: Any = field(default=None, repr=False)  # what the stage's fingerprint found (Fingerprint.found)
 
     def write_object(self, data: bytes, digest: str | None = None, link_from: str | None = None) -> FileRef:
         """Stage bytes as an object (an image, a version's named file); returns the digest and size a

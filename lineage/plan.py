@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lineage.contract import Stage
+from lineage.contract import Fingerprint, Stage
 from lineage.graph import Graph, Version
 from lineage.store import canonical_json, sha256_bytes, sha256_file
 
@@ -35,6 +35,7 @@ class Plan:
     inputs: dict[str, Version]
     code_digest: str
     fingerprint: str | None
+    source: Any = field(default=None, repr=False)  # what the fingerprint found, for the run (Fingerprint.found)
 
     @functools.cached_property
     def cache_key(self) -> str:
@@ -54,7 +55,10 @@ def plan(graph: Graph, stage: Stage, params: Any) -> Plan:
     # Input keys are artifact names, or `name#role` where a stage reads several versions of one name.
     inputs = {key: graph.resolve(ref, expected_name=key.split("#")[0])
               for key, ref in stage.input_refs(params).items()}
-    return Plan(stage, params, inputs, code_digest(stage.CODE), stage.fingerprint(params))
+    found = stage.fingerprint(params)
+    if isinstance(found, Fingerprint):
+        return Plan(stage, params, inputs, code_digest(stage.CODE), found.digest, found.found)
+    return Plan(stage, params, inputs, code_digest(stage.CODE), found)
 
 
 def cache_params(params: Any) -> dict:

@@ -62,7 +62,7 @@ def _run_and_commit(store: Store, stage: Stage, params: Any, the_plan: Plan, gra
     t0 = time.perf_counter()
     before = graph
     inputs = {name: Artifact.open(store, graph, v) for name, v in the_plan.inputs.items()}
-    context = StageContext(store, stage.NAME, log, progress, force=force)
+    context = StageContext(store, stage.NAME, log, progress, force=force, source=the_plan.source)
     record = _run_record(run_id, the_plan, started)
     try:
         outputs = stage.run(inputs, params, context)

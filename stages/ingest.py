@@ -25,7 +25,7 @@ from typing import Annotated, Iterator, Literal, NamedTuple
 
 from images.check import DEFAULT_MAX_PIXELS, Rejected, inspect_image, inspect_large_file
 from images import statcache
-from lineage.contract import Output, StageContext
+from lineage.contract import Fingerprint, Output, StageContext
 from lineage.display import format_counts, printable_name
 from lineage.errors import UserError
 from lineage.packs import PACK_OBJECT_LIMIT
@@ -90,21 +90,15 @@ class Scan:
             yield label, first, end
 
 
-# The last scan `fingerprint` made, by root, for `run` to take (one entry: a scan of a million files is ~100 MB).
-_SCANNED: dict[str, "Scan"] = {}
-
-
 def input_refs(params: Params) -> dict[str, str]:
     return {}
 
 
-def fingerprint(params: Params) -> str:
-    """The folder's identity from stat data alone: what the cache key sees of the source. The scan is kept for
-    `run` in this process, so a cold ingest walks a million files once, and ingests the files its key names."""
+def fingerprint(params: Params) -> Fingerprint:
+    """The folder's identity from stat data alone: what the cache key sees of the source. The scan goes to `run`
+    with it (ctx.source), so a cold ingest walks a million files once, and ingests the files its key names."""
     root = source_root(params)
     scan = scan_source(root)
-    _SCANNED.clear()
-    _SCANNED[str(root)] = scan
     digest = hashlib.sha256(canonical_json(scan.problems))
     # Column by column, a slice at a time: the paths joined by NUL, then the sizes, mtimes and inodes as their
     # machine bytes (formatting a line per file cost more than the walk). A million files never become one string.
@@ -115,7 +109,7 @@ def fingerprint(params: Params) -> str:
             digest.update("\0".join(scan.paths[start:stop]).encode() + b"\n")
             for column in (scan.sizes, scan.mtimes, scan.inodes):
                 digest.update(column[start:stop].tobytes())
-    return digest.hexdigest()
+    return Fingerprint(digest.hexdigest(), scan)
 
 
 def source_root(params: Params) -> Path:
@@ -270,7 +264,8 @@ def run(inputs: dict, params: Params, ctx: StageContext) -> list[Output]:
 
     return_freed_memory()
     root = source_root(params)
-    scan = _SCANNED.pop(str(root), None) or scan_source(root)
+    scan = ctx.source if isinstance(ctx.source, Scan) else scan_source(root)  # fingerprint's, from the runner
+    ctx.source = None  # its paths move into Arrow below; nothing else may hold the list
     checks = {"full_decode": params.full_decode, "max_pixels": params.max_pixels}
     cache_path = ctx.cache_dir("stat") / (hashlib.sha256(str(root).encode()).hexdigest()[:24] + ".parquet")
     paths = _arrow_paths(scan.paths)

@@ -252,6 +252,20 @@ def test_a_cache_hit_needs_every_object_its_rows_name(tmp_path, link):
     assert store.has_object(digests[1])
 
 
+def test_an_ingest_walks_its_folder_once(tmp_path, monkeypatch):
+    """The fingerprint's scan reaches run through the runner (contract.Fingerprint, ctx.source): a cold ingest
+    walks the folder once, not once for the cache key and again for the work; a cache hit once, to decide."""
+    root = make_class_folders(tmp_path / "src", {"Aves": 3, "Insecta": 3})
+    store = Store.open(tmp_path / "store", create=True)
+    walks = []
+    scan_source = ingest.scan_source
+    monkeypatch.setattr(ingest, "scan_source", lambda folder: walks.append(folder) or scan_source(folder))
+    assert not runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None).reused
+    assert len(walks) == 1
+    assert runner.execute(store, ingest, ingest.Params(source=str(root)), log=lambda m: None).reused
+    assert len(walks) == 2
+
+
 def test_a_class_is_scanned_in_path_order_across_its_subfolders(tmp_path):
     """Within a class the scan lists files by path, whatever order the folder is read in and however deep they
     sit: "Aves/b/x.png" between "Aves/a.png" and "Aves/c.png". The stat cache is merged in this order."""
