@@ -175,7 +175,7 @@ def save(store, path: Path, checks: dict, scan, paths, found) -> None:
             for start in range(0, len(kept), row_format.BATCH_ROWS):
                 rows = kept[start:start + row_format.BATCH_ROWS]
                 no_image = rejected[rows]
-                values = {"path": paths.take(pa.array(rows)), "size": np.frombuffer(scan.sizes, dtype=np.int64)[rows],
+                values = {"path": row_format.take_ascending(paths, rows), "size": np.frombuffer(scan.sizes, dtype=np.int64)[rows],
                           "mtime_ns": np.frombuffer(scan.mtimes, dtype=np.int64)[rows],
                           "inode": np.frombuffer(scan.inodes, dtype=np.uint64)[rows],
                           "digest": _null_where(no_image, row_format.hex_digests(found.digests[rows])),

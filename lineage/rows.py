@@ -78,6 +78,18 @@ def table_from_columns(fmt: str, columns: dict[str, Any]):
     return table.take(order)
 
 
+def take_ascending(column, rows):
+    """The values of a (chunked) Arrow column at these ascending row numbers (a numpy array), from a slice
+    spanning them. ChunkedArray.take concatenates every chunk first: a million paths copied once per batch of
+    rows (ingest's chunks of 64 files, the stat cache's slices) cost about 100 s, and a transient copy of the
+    whole column each time. Successive batches' slices do not overlap, so together they touch each value once."""
+    import pyarrow as pa
+
+    first, last = int(rows[0]), int(rows[-1])
+    window = column.slice(first, last - first + 1)
+    return window if len(window) == len(rows) else window.take(pa.array(rows - first))
+
+
 def hex_digests(packed):
     """32-byte digests (a numpy uint8 array of shape (n, 32)) as a string array of 64 lowercase hex
     characters each, built into one buffer a slice at a time: no Python string per digest, and no

@@ -31,6 +31,7 @@ from lineage.errors import UserError
 from lineage.packs import PACK_OBJECT_LIMIT
 from lineage.params import Range
 from lineage.records import Manifest
+from lineage.rows import take_ascending
 from lineage.store import canonical_json
 
 NAME = "ingest"
@@ -473,12 +474,8 @@ def _examine_all(root: Path, scan: Scan, paths, todo, params: Params, ctx: Stage
 
 
 def _names(paths, rows) -> list[str]:
-    """The paths of these ascending scan rows. From a slice spanning them: ChunkedArray.take concatenates every
-    chunk first, which once per 64 files cost 100 s at 1,000,000 files; the spans of successive chunks of rows
-    do not overlap, so all the slices together touch each path once."""
-    first, last = int(rows[0]), int(rows[-1])
-    window = paths.slice(first, last - first + 1)
-    return window.to_pylist() if len(window) == len(rows) else window.take(rows - first).to_pylist()
+    """The paths of these ascending scan rows (lineage/rows.py: take_ascending)."""
+    return take_ascending(paths, rows).to_pylist()
 
 
 def _collect(item, found: Found, bar) -> None:

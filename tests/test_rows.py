@@ -222,3 +222,15 @@ def test_gc_never_deletes_a_live_rows_object(committed, tmp_path):
     assert _object_file(store, garbage_rows.object) in swept.objects  # nothing names it: garbage
     assert all(_object_file(store, digest).exists() for digest in live)
     _intact(config, versions)
+
+
+def test_take_ascending_gives_the_values_at_those_rows_across_chunks():
+    """What ingest's chunks and the stat cache's slices read their paths with: a slice spanning the rows, not
+    ChunkedArray.take (which copies the whole column first)."""
+    import numpy as np
+
+    values = [f"Aves/{index:04d}.png" for index in range(50)]
+    column = pa.chunked_array([values[:7], values[7:30], values[30:]], pa.string())
+    for wanted in ([0], [3, 4, 5, 6, 7, 8], list(range(50)), [1, 8, 29, 30, 49], [6, 7, 40]):
+        taken = rows.take_ascending(column, np.asarray(wanted))
+        assert taken.to_pylist() == [values[row] for row in wanted], wanted
