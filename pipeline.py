@@ -12,13 +12,27 @@ command starts in a fraction of a second. A user error prints one line and exits
 
 from __future__ import annotations
 
-import argparse
-import json
+import _signal  # the C module under `signal`, loaded with Python; `signal` would first import enum, slowly
 import os
 import sys
 
-from lineage.errors import UserError
-from stages import STAGES
+
+def _interrupted_while_starting(signum, frame) -> None:
+    """Ctrl-C while Python imports this command's code: nothing can have been written yet, so the one line
+    lineage/interrupts.py says in that case, and exit at once (a KeyboardInterrupt here would be a traceback)."""
+    sys.stderr.write("interrupted: nothing was committed; the store is as it was\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+if __name__ == "__main__":  # until main() runs; then Ctrl-C is a KeyboardInterrupt again (see the end)
+    _signal.signal(_signal.SIGINT, _interrupted_while_starting)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+
+from lineage.errors import UserError  # noqa: E402
+from stages import STAGES  # noqa: E402
 
 OPENED_STORES: list = []  # the stores this command opened, for naming one in an error that names no file
 
@@ -610,12 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":
     import signal
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = main()
         # The command's work is done and said. A Ctrl-C from here on changes nothing, and Python's
         # teardown puts SIGINT back to the default, which would turn this exit status into a kill.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except KeyboardInterrupt:  # while Python was still importing, or just as main() returned
+    except KeyboardInterrupt:  # just as main() started or returned
         from lineage.interrupts import describe_interrupt
 
         print(describe_interrupt(), file=sys.stderr)

@@ -173,6 +173,28 @@ def _ingest_seconds(root: Path, scratch: Path) -> float:
     return time.perf_counter() - started
 
 
+def test_ctrl_c_while_python_starts_is_never_a_traceback(tmp_path):
+    """Ctrl-C at any moment of start-up, including while the stages are being imported: the process either dies
+    of the signal before Python can handle it, says the one line and exits 130, or finishes; never a traceback."""
+    from lineage.store import Store
+
+    store = Store.open(tmp_path / "store", create=True).root
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    outcomes = set()
+    for step in range(24):
+        process = subprocess.Popen([sys.executable, str(PROJECT / "pipeline.py"), "ls", "--store", str(store)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        time.sleep(step * 0.015)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert "Traceback" not in stderr, (step, stderr)
+        assert process.returncode in (0, 130, -signal.SIGINT), (step, process.returncode, stderr)
+        if process.returncode == 130:
+            assert stderr.strip() == "interrupted: nothing was committed; the store is as it was", stderr
+        outcomes.add(process.returncode)
+    assert 130 in outcomes, outcomes  # some signal landed while Python ran the command's code
+
+
 def test_ctrl_c_says_truthfully_whether_the_version_was_committed(many_images, tmp_path):
     duration = _ingest_seconds(many_images, tmp_path / "scratch")
     rng = random.Random(7)
