@@ -52,6 +52,31 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
                           capture_output=True, text=True, env=full_env, timeout=600)
 
 
+# pipeline.py run in-process, SIGKILLed by itself right after os.replace moves a file to a path matching argv[1].
+_KILL_AFTER_RENAME = """
+import os, re, signal, sys
+sys.path.insert(0, {project!r})
+pattern = re.compile(sys.argv[1])
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    if pattern.search(os.fspath(dst)):
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+import pipeline
+sys.exit(pipeline.main(sys.argv[2:]))
+"""
+
+
+def run_cli_killed_after_rename(pattern: str, *args: str) -> subprocess.CompletedProcess:
+    """run_cli, killed with SIGKILL (a power cut, an OOM kill) the moment a rename lands on a path `pattern`
+    (a regular expression) matches; fails the test if the command got past it alive."""
+    killed = subprocess.run([sys.executable, "-c", _KILL_AFTER_RENAME.format(project=str(PROJECT)), pattern, *args],
+                            cwd=PROJECT, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    return killed
+
+
 def run_cli_traced(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """run_cli, plus `.imported`: every module the command (or any Python it starts) imported.
 

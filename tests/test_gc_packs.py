@@ -8,38 +8,21 @@ Here a real `pipeline.py ingest` kills itself right after renaming a pack (or it
 from __future__ import annotations
 
 import hashlib
-import signal
+import re
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import PROJECT, make_class_folders, run_cli
+from conftest import make_class_folders, run_cli, run_cli_killed_after_rename
 from lineage.gc import collect_garbage
 from lineage.packs import read_index
 from lineage.store import Store
 
-# Runs pipeline.py in-process and SIGKILLs itself right after it renames a file whose name ends with
-# argv[1] into objects/packs/: an ingest killed with its pack (or only the pack, not yet its index) in place.
-KILL_AFTER_RENAME = """
-import os, signal, sys
-sys.path.insert(0, {project!r})
-suffix = sys.argv[1]
-real_replace = os.replace
-def replace(src, dst):
-    real_replace(src, dst)
-    if str(dst).endswith(suffix) and os.path.basename(os.path.dirname(str(dst))) == "packs":
-        os.kill(os.getpid(), signal.SIGKILL)
-os.replace = replace
-import pipeline
-sys.exit(pipeline.main(sys.argv[2:]))
-"""
-
 
 def _killed_ingest(store: Path, folder: Path, after: str = ".idx") -> None:
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAME.format(project=str(PROJECT)), after, "ingest",
-                             str(folder), "--store", str(store), "-q"], cwd=PROJECT, capture_output=True, text=True,
-                            timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    """An ingest killed right after it renamed a pack file ending in `after` into objects/packs/: with its pack
+    and index in place (".idx"), or only its pack (".pack")."""
+    run_cli_killed_after_rename(rf"/objects/packs/[^/]*{re.escape(after)}$", "ingest", str(folder), "--store",
+                                str(store), "-q")
 
 
 def _ingest(store: Path, folder: Path) -> None:

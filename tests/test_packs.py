@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 
 from bench.bench_scale import tiny_png
-from conftest import PROJECT, make_class_folders, run_cli
+from conftest import PROJECT, make_class_folders, run_cli, run_cli_killed_after_rename
 from lineage import runner
 from lineage.errors import UserError
 from lineage.packs import (INDEX_MAGIC, PACK_MAGIC, DamagedPack, PackSet, PackWriter, read_index, structure_problem,
@@ -357,22 +357,6 @@ import pipeline
 sys.exit(pipeline.main(sys.argv[1:]))
 """
 
-# pipeline.py that SIGKILLs itself right after a rename into a path containing argv[1].
-KILL_AFTER_RENAME = """
-import os, signal, sys
-sys.path.insert(0, {project!r})
-part = sys.argv[1]
-real_replace = os.replace
-def replace(src, dst):
-    real_replace(src, dst)
-    if part in os.fspath(dst):
-        os.kill(os.getpid(), signal.SIGKILL)
-os.replace = replace
-import pipeline
-sys.exit(pipeline.main(sys.argv[2:]))
-"""
-
-
 def _tiny_pngs(root: Path, count: int, start: int = 0) -> Path:
     for i in range(start, start + count):
         folder = root / ("Aves", "Fungi", "Insecta")[i % 3]
@@ -442,10 +426,7 @@ def test_reingest_after_gc_removed_a_dead_pack_reads_those_files_again(tmp_path)
     live_packs = _pack_names(store)[1]
     _tiny_pngs(root, 9, start=30)
     # Killed once its stat cache names the new images, before its version: their pack is dead.
-    killed = subprocess.run([sys.executable, "-c", KILL_AFTER_RENAME.format(project=str(PROJECT)), "/cache/stat/",
-                             "ingest", str(root), "--store", str(store), "-q"], cwd=PROJECT, capture_output=True,
-                            text=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    run_cli_killed_after_rename("/cache/stat/", "ingest", str(root), "--store", str(store), "-q")
     [dead] = _pack_names(store)[1] - live_packs
     assert len(_versions(store)) == 1
     swept = run_cli("gc", "--yes", "--grace-minutes", "0", "--store", str(store))
