@@ -5,8 +5,10 @@ version references a million objects. As Python strs in a set that costs several
 here as 32 raw bytes each (plus an 8-byte sort key) it costs 40 MB, and membership is vectorised.
 
 A digest is packed from its 64 lowercase hex characters to 32 bytes. Membership sorts the set by its
-first 8 bytes as an integer (numpy sorts and searches integers fast; fixed-width byte strings it
-compares slowly), then compares all 32 bytes of the candidate. Digests here come from untrusted
+first 8 bytes as a big-endian integer (numpy sorts and searches integers fast; fixed-width byte strings
+it compares slowly), then compares all 32 bytes of the candidate. Big-endian, so key order is the
+digests' own byte order: digests already ascending (a pack's index) are a set as they are
+(`DigestSet.ascending`), neither copied nor sorted. Digests here come from untrusted
 files (names in objects/, rows objects), so two members may share those 8 bytes: such a query is
 resolved by comparing every member with that key, which is rare and always correct.
 """
@@ -66,8 +68,13 @@ def _checked(chars: np.ndarray) -> np.ndarray:
 
 
 def _keys(packed: np.ndarray) -> np.ndarray:
-    """The first 8 bytes of each digest as one integer: the sort key (any byte order serves membership)."""
-    return np.ascontiguousarray(packed[:, :8]).view(np.uint64).ravel()
+    """The first 8 bytes of each digest as one big-endian integer: the sort key, ascending with the digests."""
+    return np.ascontiguousarray(packed[:, :8]).view(">u8").ravel().astype(np.uint64)
+
+
+def _as_strings(packed: np.ndarray) -> np.ndarray:
+    """(n, 32) digests as n 32-byte strings (a view where the rows are contiguous)."""
+    return np.ascontiguousarray(packed).view(f"S{DIGEST_BYTES}").ravel()
 
 
 class DigestSet:
@@ -82,6 +89,14 @@ class DigestSet:
         order = np.argsort(_keys(members), kind="stable")
         self._members = members[order]
         self._keys = _keys(self._members)
+
+    @classmethod
+    def ascending(cls, packed: np.ndarray) -> "DigestSet":
+        """The set of these (n, 32) digests, already in ascending byte order (a checked pack index's): held as
+        they are, a view, with only their 8-byte keys made (8 bytes a digest)."""
+        digests = cls.__new__(cls)
+        digests._members, digests._keys = packed, _keys(packed)
+        return digests
 
     def __len__(self) -> int:
         return len(self._members)
@@ -105,13 +120,18 @@ class DigestSet:
         return found
 
     def _locate(self, packed: np.ndarray) -> np.ndarray:
+        # Whole digests compare as 32-byte strings: one comparison each, not 32 and a reduction.
+        members, queries = _as_strings(self._members), _as_strings(packed)
         keys = _keys(packed)
         start = np.searchsorted(self._keys, keys, side="left")
-        stop = np.searchsorted(self._keys, keys, side="right")
         first = np.minimum(start, len(self._members) - 1)
-        found = np.where((stop > start) & (self._members[first] == packed).all(axis=1), first, -1)
-        for row in np.flatnonzero((found < 0) & (stop - start > 1)):  # members sharing a key: rare, exact
-            equal = np.flatnonzero((self._members[start[row]:stop[row]] == packed[row]).all(axis=1))
+        found = np.where(members[first] == queries, first, -1)
+        # Members sharing a key (hostile names only): the exact one may follow the first. Rare, and exact.
+        shared = (found < 0) & (first + 1 < len(self._keys))
+        shared[shared] &= self._keys[first[shared] + 1] == keys[shared]
+        for row in np.flatnonzero(shared):
+            stop = np.searchsorted(self._keys, keys[row], side="right")
+            equal = np.flatnonzero(members[start[row]:stop] == queries[row])
             if len(equal):
                 found[row] = start[row] + equal[0]
         return found

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lineage.digestset import QUERY_CHUNK, DigestSet, empty, pack_strings, unpack
+from lineage.digestset import DigestSet, empty, pack_strings, unpack
 from lineage.errors import UserError
 from lineage.gc import object_intact
 from lineage.graph import Graph
@@ -180,40 +180,6 @@ def _report_damaged_indexes(report: Report, damaged: list[tuple[Path, str]], los
     report.problems += later
 
 
-class _PackLookup:
-    """Membership in one pack's checked index without copying its digests: they are ascending, so the first 8
-    bytes of each, read big-endian, are an ascending integer key to search (8 bytes an object)."""
-
-    def __init__(self, pack: Pack):
-        self.digests = pack.columns()[0]  # views of the index's bytes, not copies
-        self.rows = self.digests.view(np.uint8).reshape(-1, 32)
-        self.keys = np.ascontiguousarray(self.rows[:, :8]).view(">u8").ravel().astype(np.uint64)
-
-    def locate(self, packed: np.ndarray) -> np.ndarray:
-        """For each (n, 32) query row, its position in the pack, or -1; a chunk of queries at a time."""
-        found = np.full(len(packed), -1, dtype=np.int64)
-        if len(self.digests):
-            for start in range(0, len(packed), QUERY_CHUNK):
-                found[start:start + QUERY_CHUNK] = self._locate(packed[start:start + QUERY_CHUNK])
-        return found
-
-    def _locate(self, packed: np.ndarray) -> np.ndarray:
-        queries = np.ascontiguousarray(packed).view("S32").ravel()
-        keys = np.ascontiguousarray(packed[:, :8]).view(">u8").ravel().astype(np.uint64)
-        start = np.searchsorted(self.keys, keys, side="left")
-        first = np.minimum(start, len(self.keys) - 1)
-        found = np.where(self.digests[first] == queries, first, -1)
-        # Digests sharing their first 8 bytes (hostile names only): the exact one may follow the first.
-        shared = (found < 0) & (first + 1 < len(self.keys))
-        shared[shared] &= self.keys[first[shared] + 1] == keys[shared]
-        for row in np.flatnonzero(shared):
-            stop = np.searchsorted(self.keys, keys[row], side="right")
-            equal = np.flatnonzero(self.digests[start[row]:stop] == queries[row])
-            if len(equal):
-                found[row] = start[row] + equal[0]
-        return found
-
-
 class Present:
     """Every object in the store: the loose ones' digests packed in a DigestSet, the packed ones looked up in
     their packs' indexes, which the store holds anyway (a second copy of a million digests would cost 40 MB
@@ -222,13 +188,14 @@ class Present:
 
     def __init__(self, loose: DigestSet, packs: list[Pack]):
         self.loose = loose
-        self.packs = [_PackLookup(pack) for pack in packs]
+        # A trusted pack's index is ascending: its digests are a set as they are, a view of the index's bytes.
+        self.packs = [DigestSet.ascending(pack.columns()[0].view(np.uint8).reshape(-1, 32)) for pack in packs]
         # Which of each pack's objects are in no earlier place: each object is counted once, there.
         self.first_copy = []
         for number, lookup in enumerate(self.packs):
-            first = ~loose.contains(lookup.rows)
+            first = ~loose.contains(lookup.members)
             for earlier in self.packs[:number]:
-                first &= earlier.locate(lookup.rows) < 0
+                first &= ~earlier.contains(lookup.members)
             self.first_copy.append(first)
 
     def contains(self, packed: np.ndarray) -> np.ndarray:
@@ -238,13 +205,13 @@ class Present:
             rest = np.flatnonzero(~found)
             if not len(rest):
                 break
-            found[rest] = lookup.locate(packed[rest]) >= 0
+            found[rest] = lookup.contains(packed[rest])
         return found
 
     def count_unnamed(self, parts: list[np.ndarray]) -> int:
         """How many objects here none of these packed digest arrays names (one flag per object)."""
         loose_named = np.zeros(len(self.loose), dtype=bool)
-        pack_named = [np.zeros(len(lookup.digests), dtype=bool) for lookup in self.packs]
+        pack_named = [np.zeros(len(lookup), dtype=bool) for lookup in self.packs]
         for part in parts:
             found = self.loose.locate(part)
             loose_named[found[found >= 0]] = True

@@ -38,6 +38,11 @@ def test_a_digest_set_answers_as_a_python_set_would_even_when_members_share_thei
     assert kept.contains(pack_strings(queries)).tolist() == [q in expected for q in queries]
     assert twins[2] in kept and twins[4] not in kept and "not a digest" not in kept
     assert len(DigestSet()) == 0 and not DigestSet().contains(pack_strings(members[:5])).any()
+    # Digests already ascending (a pack's index: verify's view of each pack) are the same set, held as they are.
+    index = pack_strings(sorted(expected))
+    viewed = DigestSet.ascending(index)
+    assert viewed.contains(pack_strings(queries)).tolist() == [q in expected for q in queries]
+    assert np.shares_memory(viewed.members, index) and twins[2] in viewed and twins[4] not in viewed
 
 
 def _packed_object(index: int) -> tuple[str, bytes]:
